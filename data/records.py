@@ -1,0 +1,164 @@
+"""Record schemas and atomic JSONL I/O: the contract between the loop's stages.
+
+Every file is written to a temporary name in the same folder and renamed, so a reader (or a resumed
+run) sees either the old file or the whole new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class DataError(ValueError):
+    """Bad user data. The message names the file and line (or field) to fix."""
+
+
+class MCQItem(BaseModel):
+    """A multiple-choice question, in the schema of ../shared/data/clinical (SOURCES.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str
+    options: dict[str, str]
+    answer_idx: str
+    meta_info: str = ""
+    ability_path: list[str] | None = None
+
+    @field_validator("question")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("question is empty")
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _letters(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) < 2:
+            raise ValueError(f"needs at least 2 options, got {len(v)}")
+        expected = [chr(ord("A") + i) for i in range(len(v))]
+        if list(v) != expected:
+            raise ValueError(f"option letters must run {''.join(expected)} in order, got {''.join(v)}")
+        if any(not str(t).strip() for t in v.values()):
+            raise ValueError("an option text is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _answer_in_options(self) -> "MCQItem":
+        if self.answer_idx not in self.options:
+            raise ValueError(f"answer_idx {self.answer_idx!r} is not one of the options {''.join(self.options)}")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The dataset an item came from: the first field of meta_info (``mmlu``), else the id prefix."""
+        if self.meta_info:
+            return self.meta_info.split(":", 1)[0]
+        return self.id.rsplit("-", 1)[0]
+
+
+class GeneratedItem(MCQItem):
+    """A teacher-written MCQ with its provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    explanation: str = ""
+    target_node: str
+    exemplar_ids: list[str] = []
+    generator: str = ""  # model spec
+    seed: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- I/O
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _to_dict(row: BaseModel | dict) -> dict:
+    return row.model_dump(mode="json", exclude_none=True) if isinstance(row, BaseModel) else row
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel | dict]) -> Path:
+    """Write records as JSON lines, atomically."""
+    text = "".join(json.dumps(_to_dict(r), ensure_ascii=False) + "\n" for r in rows)
+    return atomic_write_text(path, text)
+
+
+def read_jsonl(path: str | os.PathLike, model: type[T] | None = None) -> list[Any]:
+    """Read a JSONL file; with ``model``, validate each line.
+
+    Raises DataError naming ``file:line`` for a missing file, a line that is not JSON, or a record
+    that does not fit the schema. Blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows: list[Any] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if model is None:
+                rows.append(obj)
+                continue
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            try:
+                rows.append(model.model_validate(obj))
+            except ValidationError as e:
+                err = e.errors()[0]
+                field = ".".join(str(p) for p in err["loc"]) or "record"
+                raise DataError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
+    return rows
+
+
+def read_items(paths: Sequence[str | os.PathLike]) -> list[MCQItem]:
+    """Read MCQ files; ids must be unique across them."""
+    items: list[MCQItem] = []
+    seen: dict[str, Path] = {}
+    for p in paths:
+        for item in read_jsonl(p, MCQItem):
+            if item.id in seen:
+                raise DataError(f"{p}: duplicate id {item.id!r} (also in {seen[item.id]})")
+            seen[item.id] = Path(p)
+            items.append(item)
+    return items

