@@ -1,0 +1,153 @@
+"""``LoopConfig``: every option of ``python -m agents.loop``, from the command line and/or a YAML file.
+
+Parsed with argparse built from the dataclass fields (help text in each field's metadata), so ``--help``
+is instant and always matches the fields. Precedence: defaults < ``--config FILE.yaml`` < command line.
+Unknown YAML keys are an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from data.records import DataError
+
+ENGINES = ("auto", "transformers", "vllm")
+
+
+@dataclass
+class LoopConfig:
+    domain: str = field(default="clinical", metadata={"help": "Domain preset (a folder of data/) or the path of a domain.yaml."})
+    run_dir: str = field(default="", metadata={"help": "Run directory (default: runs/<domain>-<teacher>-<student>). A new run refuses an existing one; use --resume."})
+    resume: bool = field(default=False, metadata={"help": "Continue the run in --run-dir where it stopped, with its stored config.yaml."})
+    iterations: int = field(default=1, metadata={"help": "Loop iterations (infer → … → evaluate)."})
+    teacher: str = field(default="smollm2", metadata={"help": "Teacher model spec: smollm2, hf:PATH, vllm:PATH, openai:URL#MODEL."})
+    student: str = field(default="smollm2?layers=15", metadata={"help": "Student model spec; smollm2?layers=N keeps N evenly spaced teacher layers."})
+    solver: str = field(default="", metadata={"help": "Blind-solver agent model spec (default: the teacher)."})
+    critic: str = field(default="", metadata={"help": "Critic agent model spec (default: the teacher)."})
+    engine: str = field(default="auto", metadata={"help": "Inference engine for local models: auto (vLLM on CUDA, else transformers), transformers, vllm."})
+    threads: int = field(default=0, metadata={"help": "CPU threads for the transformers engine; 0 chooses by how busy the machine is."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per batch for the transformers engine."})
+    probe_size: int = field(default=96, metadata={"help": "Seed-pool items the student answers each iteration to find its weak nodes."})
+    eval_size: int = field(default=0, metadata={"help": "Eval-set items scored each iteration (0 = all of the domain's eval files)."})
+    budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes."})
+    allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
+    exemplars: int = field(default=2, metadata={"help": "Seed exemplars shown to the teacher per generated item."})
+    acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
+    replay: int = field(default=32, metadata={"help": "Seed-pool items (weakest nodes first, never probe or eval items) mixed into each training set."})
+    top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
+    alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE."})
+    temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the KD term is scaled by T²)."})
+    train_epochs: float = field(default=2.0, metadata={"help": "Training epochs over each iteration's training set."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Student learning rate."})
+    train_batch_size: int = field(default=8, metadata={"help": "Training examples per optimizer step."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of the full student."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffles and training."})
+    config: str = field(default="", metadata={"help": "YAML file with any of these options (command-line values win)."})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.iterations >= 1, "iterations must be >= 1"),
+            (self.probe_size >= 1, "probe_size must be >= 1"),
+            (self.eval_size >= 0, "eval_size must be >= 0"),
+            (self.budget >= 1, "budget must be >= 1"),
+            (self.exemplars >= 0, "exemplars must be >= 0"),
+            (self.replay >= 0, "replay must be >= 0"),
+            (self.top_k >= 1, "top_k must be >= 1"),
+            (0.0 <= self.alpha <= 1.0, "alpha must be in [0, 1]"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.train_epochs > 0, "train_epochs must be > 0"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
+            (self.allocation in ("weakness", "uniform"), "allocation must be weakness or uniform"),
+            (self.acceptance in ("both", "solver", "critic"), "acceptance must be both, solver or critic"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def solver_spec(self) -> str:
+        return self.solver or self.teacher
+
+    @property
+    def critic_spec(self) -> str:
+        return self.critic or self.teacher
+
+    def default_run_dir(self) -> Path:
+        slug = "-".join(s.replace(":", "_").replace("/", "_").replace("?", "_").replace("=", "") for s in (self.domain, self.teacher, self.student))
+        return Path("runs") / slug
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for transient in ("resume", "config"):
+            d.pop(transient)
+        return d
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(LoopConfig)}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(LoopConfig)
+    return hints[f.name]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.loop",
+        description="Find where the student is weak, generate validated data there with the teacher, distil, evaluate, repeat.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for name, f in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = _field_type(f)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(), help=f"{f.metadata['help']} (default: {f.default!r})")
+    return parser
+
+
+def load_yaml_options(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; keys may use - or _; unknown keys and wrong types are errors naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a mapping of option: value")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in _FIELDS or name in ("config", "resume"):
+            raise DataError(f"{path}: unknown option {key!r}")
+        kind = _field_type(_FIELDS[name])
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise DataError(f"{path}: option {key!r} must be {kind.__name__}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[LoopConfig, set[str]]:
+    """CLI (+ optional YAML) → LoopConfig, and the names the user set explicitly (for resume checks)."""
+    cli = vars(make_parser().parse_args(argv))
+    options: dict[str, Any] = {}
+    if cli.get("config"):
+        options.update(load_yaml_options(cli["config"]))
+    options.update(cli)
+    return LoopConfig(**options), set(options) - {"config", "resume"}

@@ -1,0 +1,63 @@
+"""What every node needs besides the graph state: config, run dir, domain data and loaded engines.
+
+Engines are loaded once per model spec and shared by the nodes (the teacher serves analyze, generate,
+validate and label), and released before training so a GPU run gives the trainer the memory back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from agents.config import LoopConfig
+from agents.run_dir import RunDir
+from data.domains import Domain
+from data.records import MCQItem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EnginePool:
+    engine: str = "auto"
+    threads: int = 0
+    batch_size: int = 16
+    _loaded: dict = field(default_factory=dict)
+
+    def get(self, spec: str):
+        """The engine serving ``spec``, loaded on first use."""
+        if spec not in self._loaded:
+            from engines import EngineConfig, load_engine
+
+            config = EngineConfig(engine=self.engine, threads=self.threads or "auto", batch_size=self.batch_size)
+            logger.info("loading %s (%s engine)", spec, self.engine)
+            self._loaded[spec] = load_engine(spec, config)
+        return self._loaded[spec]
+
+    def release(self) -> None:
+        """Close every engine (frees GPU memory and vLLM workers before training)."""
+        for engine in self._loaded.values():
+            engine.close()
+        self._loaded.clear()
+
+
+@dataclass
+class LoopContext:
+    config: LoopConfig
+    run: RunDir
+    domain: Domain
+    engines: EnginePool
+
+    @cached_property
+    def seed_items(self) -> list[MCQItem]:
+        return self.domain.seed_items()
+
+    @cached_property
+    def eval_items(self) -> list[MCQItem]:
+        items = self.domain.eval_items()
+        return items[: self.config.eval_size] if self.config.eval_size else items
+
+    @cached_property
+    def items_by_id(self) -> dict[str, MCQItem]:
+        return {it.id: it for it in (*self.seed_items, *self.eval_items)}

@@ -1,0 +1,117 @@
+"""Run the distillation loop.
+
+    python -m agents.loop --domain clinical                 # one iteration of the embedded default
+    python -m agents.loop --run-dir runs/x --resume         # continue a run that was stopped or killed
+
+Each stage writes its outputs into the run directory atomically; the LangGraph SQLite checkpointer in
+``<run-dir>/checkpoints.sqlite`` records which stages finished, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from agents.config import LoopConfig, parse_config
+from agents.context import EnginePool, LoopContext
+from agents.run_dir import RunDir
+from agents.summary import print_summary, write_report
+from data.domains import get_domain
+from data.records import DataError, atomic_write_text
+
+logger = logging.getLogger("agents.loop")
+
+THREAD_ID = "loop"  # one LangGraph thread per run directory
+
+
+class UsageError(Exception):
+    """A mistake in how the loop was invoked: printed as one line, exit code 2."""
+
+
+def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig, RunDir]:
+    """Decide the run dir and the config in force (a resumed run uses its stored config.yaml)."""
+    root = Path(config.run_dir) if config.run_dir else config.default_run_dir()
+    run = RunDir(root)
+    if config.resume:
+        if not run.config_file.is_file():
+            raise UsageError(f"--resume: {run.config_file} not found; start the run without --resume first")
+        stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
+        stored["run_dir"] = str(root)
+        changed = sorted(k for k in explicit - {"run_dir"} if stored.get(k) != getattr(config, k))
+        if changed:
+            raise UsageError(
+                f"--resume keeps the run's stored options; these differ from {run.config_file}: "
+                + ", ".join(f"{k} (stored {stored.get(k)!r})" for k in changed)
+            )
+        return LoopConfig(**stored, resume=True), run
+    if run.root.exists() and any(run.root.iterdir()):
+        raise UsageError(f"run directory {root} already exists; continue it with --resume or choose another --run-dir")
+    config.run_dir = str(root)
+    return config, run
+
+
+def run_loop(config: LoopConfig, run: RunDir) -> dict:
+    """Run (or resume) the graph to the end; returns the final state."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from agents.graph import build_graph
+
+    domain = get_domain(config.domain)
+    ctx = LoopContext(config=config, run=run, domain=domain, engines=EnginePool(config.engine, config.threads, config.batch_size))
+    # Read and validate every data file before anything is written: bad data must leave no run dir.
+    ctx.seed_items, ctx.eval_items  # noqa: B018 (cached properties, evaluated for their validation)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        atomic_write_text(run.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    conn = sqlite3.connect(run.checkpoints, check_same_thread=False)
+    try:
+        graph = build_graph(ctx, config.iterations, checkpointer=SqliteSaver(conn))
+        thread = {"configurable": {"thread_id": THREAD_ID}}
+        snapshot = graph.get_state(thread)
+        if snapshot.created_at is not None and not snapshot.next:
+            logger.info("run %s is already complete", run.root)
+            return snapshot.values
+        start = None if snapshot.created_at is not None else {"iteration": 1, "student": config.student, "history": []}
+        if start is None:
+            logger.info("resuming %s before %s", run.root, ", ".join(snapshot.next))
+        for update in graph.stream(start, thread, stream_mode="updates"):
+            for stage, delta in update.items():
+                for rec in (delta or {}).get("history", []):
+                    verb = "reused" if rec["skipped"] else "done"
+                    logger.info("iteration %d %-8s %s in %.1f s", rec["iteration"], rec["stage"], verb, rec["seconds"])
+        return graph.get_state(thread).values
+    finally:
+        ctx.engines.release()
+        conn.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        config, explicit = parse_config(argv)
+        config, run = _resolve_config(config, explicit)
+        get_domain(config.domain)  # fail on a bad domain before anything is created
+    except (UsageError, DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        state = run_loop(config, run)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    history = state.get("history", [])
+    write_report(run, config, history)
+    print_summary(history, total_seconds=time.perf_counter() - t0, report=run.root / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""What each stage reads, calls and writes. Glue only: the work is done by tree/, eval/, data/, training/.
+
+Every ``<stage>_inputs`` returns the config values and input paths whose fingerprint decides whether a
+stored result may be reused; every ``<stage>`` writes its outputs (atomically) into ``out`` and returns a
+small JSON-able summary that goes into the graph state and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from agents.context import LoopContext
+from agents.state import LoopState
+from data.records import GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+def _model_inputs(spec: str) -> list[Path]:
+    """A trained student is a folder in the run dir: its bytes are an input of whatever uses it."""
+    return [Path(spec[3:])] if spec.startswith("hf:") and Path(spec[3:]).is_dir() else []
+
+
+def _prev(ctx: LoopContext, state: LoopState, stage: str) -> Path | None:
+    it = state["iteration"]
+    return ctx.run.stage(it - 1, stage) if it > 1 else None
+
+
+# ------------------------------------------------------------------------------------------ infer
+
+
+def select_probe(items: list[MCQItem], n: int, seed: int) -> list[MCQItem]:
+    """A fixed probe set, stratified over sources so every part of the tree is seen each iteration."""
+    by_source: dict[str, list[MCQItem]] = defaultdict(list)
+    for item in sorted(items, key=lambda i: i.id):
+        by_source[item.source].append(item)
+    rng = random.Random(seed)
+    for group in by_source.values():
+        rng.shuffle(group)
+    probe: list[MCQItem] = []
+    queues = [by_source[s] for s in sorted(by_source)]
+    while len(probe) < min(n, len(items)):
+        for q in queues:
+            if q and len(probe) < n:
+                probe.append(q.pop())
+    return probe
+
+
+def infer_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    values = {"student": state["student"], "probe_size": c.probe_size, "seed": c.seed}
+    return values, [*ctx.domain.seed_files, *_model_inputs(state["student"])]
+
+
+def infer(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from eval.mcq import score_items
+
+    probe = select_probe(ctx.seed_items, ctx.config.probe_size, ctx.config.seed)
+    result = score_items(ctx.engines.get(state["student"]), probe)
+    write_jsonl(out / "replies.jsonl", result.replies)
+    n_correct = sum(r.correct for r in result.replies)
+    return {"n": len(probe), "correct": n_correct, "accuracy": n_correct / len(probe), "items_per_s": result.items_per_s}
+
+
+# ---------------------------------------------------------------------------------------- analyze
+
+
+def analyze_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    prev = _prev(ctx, state, "analyze")
+    paths = [ctx.run.stage(state["iteration"], "infer") / "replies.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
+    return {"teacher": ctx.config.teacher}, paths + ([prev / "tree.json"] if prev else [])
+
+
+def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from eval.records import Reply
+    from tree import AbilityTree
+    from tree.diagnose import diagnose
+
+    it = state["iteration"]
+    prev = _prev(ctx, state, "analyze")
+    if prev is not None:
+        tree = AbilityTree.load(prev / "tree.json")
+    else:
+        tree = AbilityTree.from_items([*ctx.seed_items, *ctx.eval_items], root=ctx.domain.root)
+        tree.save(ctx.run.initial_tree)
+    replies = read_jsonl(ctx.run.stage(it, "infer") / "replies.jsonl", Reply)
+    results = [(r.id, tree.node_of(ctx.items_by_id[r.id]), r.correct) for r in replies]
+    tree.record(results, iteration=it)
+    wrong: dict[str, list[tuple[MCQItem, str | None]]] = defaultdict(list)
+    for r, (_, node, _) in zip(replies, results):
+        if not r.correct:
+            wrong[node].append((ctx.items_by_id[r.id], r.parsed_answer))
+    diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=3)
+    tree.save(out / "tree.json")
+    tree.export_graphml(out / "tree.graphml")
+    weakest = tree.weakest(5, iteration=it)
+    return {
+        "nodes": tree.graph.number_of_nodes(),
+        "diagnosed_nodes": sum(1 for d in diagnoses.values() if d),
+        "weakest": [{"node": n, "accuracy": round(a, 3)} for n, a in weakest],
+    }
+
+
+# --------------------------------------------------------------------------------------- generate
+
+
+def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    values = {"teacher": c.teacher, "budget": c.budget, "allocation": c.allocation, "exemplars": c.exemplars, "seed": c.seed}
+    return values, [ctx.run.stage(state["iteration"], "analyze") / "tree.json", *ctx.domain.seed_files]
+
+
+def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from data.generate import NodeRequest, SynthConfig, generate_candidates
+    from tree import AbilityTree
+    from tree.allocate import AllocationConfig, allocate
+
+    it, c = state["iteration"], ctx.config
+    tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
+    alloc = allocate(tree, c.budget, it, AllocationConfig(strategy=c.allocation, seed=c.seed + it))
+    atomic_write_json(out / "allocation.json", alloc)
+    by_node: dict[str, list[MCQItem]] = defaultdict(list)
+    for item in ctx.seed_items:
+        by_node[tree.node_of(item)].append(item)
+    requests = [
+        NodeRequest(
+            node_id=node,
+            name=tree.graph.nodes[node]["name"],
+            description=tree.graph.nodes[node].get("description", ""),
+            diagnoses=tree.graph.nodes[node].get("diagnoses", []),
+            exemplars=_exemplars(by_node, tree, node, c.exemplars, c.seed + it),
+            count=count,
+        )
+        for node, count in alloc.items()
+        if count > 0
+    ]
+    result = generate_candidates(
+        ctx.engines.get(c.teacher), requests, SynthConfig(seed=c.seed + it), iteration=it, generator=c.teacher
+    )
+    write_jsonl(out / "candidates.jsonl", result.candidates)
+    write_jsonl(out / "unparsed.jsonl", result.failures)
+    return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.candidates), "unparsed": len(result.failures), "nodes": len(requests)}
+
+
+def _exemplars(by_node: dict[str, list[MCQItem]], tree, node: str, k: int, seed: int) -> list[MCQItem]:
+    """Seed items of the node itself, else of its subtree, else of its siblings."""
+    pool = list(by_node.get(node, []))
+    if len(pool) < k:
+        for desc in tree.descendants(node):
+            pool += by_node.get(desc, [])
+    if len(pool) < k:
+        parent = tree.parent(node)
+        if parent is not None:
+            for desc in tree.descendants(parent):
+                pool += by_node.get(desc, [])
+    unique = {i.id: i for i in pool}
+    return random.Random(seed).sample(sorted(unique.values(), key=lambda i: i.id), min(k, len(unique)))
+
+
+# --------------------------------------------------------------------------------------- validate
+
+
+def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    values = {"solver": c.solver_spec, "critic": c.critic_spec, "acceptance": c.acceptance, "seed": c.seed}
+    return values, [ctx.run.stage(state["iteration"], "generate") / "candidates.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
+
+
+def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from data.validate import ValidationConfig, validate_items
+
+    it, c = state["iteration"], ctx.config
+    candidates = read_jsonl(ctx.run.stage(it, "generate") / "candidates.jsonl", GeneratedItem)
+    result = validate_items(
+        candidates,
+        solver=ctx.engines.get(c.solver_spec),
+        critic=ctx.engines.get(c.critic_spec),
+        seed_pool=ctx.seed_items,
+        eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
+        config=ValidationConfig(acceptance=c.acceptance, seed=c.seed + it),
+    )
+    write_jsonl(out / "validated.jsonl", result.accepted)
+    write_jsonl(out / "rejected.jsonl", result.rejected)
+    atomic_write_json(out / "report.json", result.report)
+    return {"candidates": len(candidates), "accepted": len(result.accepted), "rejected": len(result.rejected), "by_reason": result.report.get("by_reason", {})}
+
+
+# ------------------------------------------------------------------------------------------ label
+
+
+def select_replay(ctx: LoopContext, state: LoopState, n: int) -> list[MCQItem]:
+    """Seed-pool items of the weakest nodes first (never probe items, never eval items)."""
+    from tree import AbilityTree
+
+    it = state["iteration"]
+    probe_ids = {r["id"] for r in read_jsonl(ctx.run.stage(it, "infer") / "replies.jsonl")}
+    tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
+    rank = {node: i for i, (node, _) in enumerate(tree.weakest(None, iteration=it))}
+    pool = [i for i in ctx.seed_items if i.id not in probe_ids]
+    rng = random.Random(ctx.config.seed + it)
+    rng.shuffle(pool)
+    pool.sort(key=lambda i: rank.get(tree.node_of(i), len(rank)))
+    return pool[:n]
+
+
+def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    it = state["iteration"]
+    paths = [ctx.run.stage(it, "validate") / "validated.jsonl", ctx.run.stage(it, "analyze") / "tree.json", *ctx.domain.seed_files]
+    return {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed}, paths
+
+
+def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from training.teacher_logits import extract_teacher_logits
+
+    it, c = state["iteration"], ctx.config
+    accepted = read_jsonl(ctx.run.stage(it, "validate") / "validated.jsonl", GeneratedItem)
+    replay = select_replay(ctx, state, c.replay)
+    items: list[MCQItem] = [*accepted, *replay]
+    write_jsonl(out / "items.jsonl", items)
+    if not items:
+        return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None}
+    stats = extract_teacher_logits(ctx.engines.get(c.teacher), items, out, k=c.top_k)
+    return {"items": len(items), "generated": len(accepted), "replay": len(replay), **stats}
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def _local_path(spec: str) -> Path:
+    from engines import parse_spec
+
+    return parse_spec(spec).local_path()
+
+
+def train_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    values = {k: getattr(c, k) for k in ("alpha", "temperature", "train_epochs", "learning_rate", "train_batch_size", "lora", "seed", "teacher")}
+    values["student"] = state["student"]
+    return values, [ctx.run.stage(state["iteration"], "label"), *_model_inputs(state["student"])]
+
+
+def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from training.distill import distill_config, distill
+
+    it, c = state["iteration"], ctx.config
+    ctx.engines.release()  # give the trainer the memory the inference engines held
+    labels = ctx.run.stage(it, "label")
+    items = read_jsonl(labels / "items.jsonl", MCQItem) if (labels / "items.jsonl").stat().st_size else []
+    config = distill_config(
+        output_dir=str(out),
+        alpha=c.alpha,
+        temperature=c.temperature,
+        num_train_epochs=c.train_epochs,
+        learning_rate=c.learning_rate,
+        per_device_train_batch_size=c.train_batch_size,
+        seed=c.seed + it,
+        lora=c.lora,
+    )
+    metrics = distill(_local_path(state["student"]), items, out, config, logits_dir=labels)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+# --------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    values = {"student": state["student"], "eval_size": ctx.config.eval_size}
+    return values, [ctx.run.stage(state["iteration"], "train"), *ctx.domain.eval_files, *_model_inputs(state["student"])]
+
+
+def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from eval.mcq import score_items
+    from eval.metrics import paired_summary, write_metrics
+    from eval.records import Reply
+    from tree import AbilityTree
+
+    it = state["iteration"]
+    items = ctx.eval_items
+    prev_eval = _prev(ctx, state, "evaluate")
+    if prev_eval is not None and (prev_eval / "after.jsonl").is_file():
+        before = read_jsonl(prev_eval / "after.jsonl", Reply)  # the previous iteration's new student
+    else:
+        before = score_items(ctx.engines.get(state["student"]), items).replies
+    trained = ctx.run.stage(it, "train")
+    after_result = score_items(ctx.engines.get(f"hf:{trained}"), items)
+    tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
+    write_jsonl(out / "before.jsonl", before)
+    write_jsonl(out / "after.jsonl", after_result.replies)
+    summary = paired_summary(before, after_result.replies, items, tree)
+    write_metrics(out, summary, tree=tree, items=items, replies=after_result.replies)
+    return {
+        "n": len(items),
+        "chance": summary["chance"],
+        "before": summary["before"],
+        "after": summary["after"],
+        "items_per_s": after_result.items_per_s,
+    }
+
+
+def advance(ctx: LoopContext, state: LoopState, summary: dict[str, Any]) -> dict[str, Any]:
+    """The trained student becomes the student of the next iteration."""
+    return {"iteration": state["iteration"] + 1, "student": f"hf:{ctx.run.stage(state['iteration'], 'train')}"}

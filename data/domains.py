@@ -1,0 +1,89 @@
+"""Domain presets: a folder under data/ with a ``domain.yaml`` naming its seed pool and eval files.
+
+``--domain clinical`` loads ``data/clinical/domain.yaml``; ``--domain path/to/domain.yaml`` loads a
+user's own preset, whose file names are relative to that yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from data.records import DataError, MCQItem, read_items
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    root: str  # the ability tree's root node
+    description: str
+    seed_files: tuple[Path, ...]
+    eval_files: tuple[Path, ...]
+
+    def seed_items(self) -> list[MCQItem]:
+        return read_items(self.seed_files)
+
+    def eval_items(self) -> list[MCQItem]:
+        return read_items(self.eval_files)
+
+
+def available_domains() -> list[str]:
+    return sorted(p.parent.name for p in DATA_DIR.glob("*/domain.yaml"))
+
+
+def get_domain(name_or_path: str) -> Domain:
+    """Load a preset by name (a folder of data/) or by the path of a ``domain.yaml``.
+
+    Raises DataError with a message that names what to fix (unknown name, missing file, bad field).
+    """
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        path = candidate
+        if not path.is_file():
+            raise DataError(f"{path}: domain file not found")
+    else:
+        path = DATA_DIR / name_or_path / "domain.yaml"
+        if "/" in name_or_path or not path.is_file():
+            raise DataError(
+                f"unknown domain {name_or_path!r}; available: {', '.join(available_domains()) or 'none'} "
+                "(or pass the path of a domain.yaml)"
+            )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a mapping with name, root, seed_files, eval_files")
+    for key in ("name", "root", "seed_files", "eval_files"):
+        if key not in raw:
+            raise DataError(f"{path}: missing field {key!r}")
+    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files"}
+    if unknown:
+        raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
+
+    def files(key: str) -> tuple[Path, ...]:
+        value = raw[key]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise DataError(f"{path}: field {key!r} must be a non-empty list of file names")
+        out = tuple((path.parent / str(v)).resolve() for v in value)
+        for f in out:
+            if not f.is_file():
+                raise DataError(f"{path}: field {key!r}: data file {f} not found")
+        return out
+
+    return Domain(
+        name=str(raw["name"]),
+        root=str(raw["root"]),
+        description=str(raw.get("description", "")).strip(),
+        seed_files=files("seed_files"),
+        eval_files=files("eval_files"),
+    )

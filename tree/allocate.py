@@ -1,0 +1,139 @@
+"""Split a generation budget over the tree's nodes: more new questions where the student is weak.
+
+Targets are the nodes that hold items of their own in the iteration, plus every leaf (a sub-ability the
+teacher proposed but that has no data yet). Node ``i`` with ``c_i`` of ``n_i`` own items right gets the
+weight
+
+    w_i = P(acc_i < target | c_i, n_i),   acc_i ~ Beta(1 + c_i, 1 + n_i - c_i)
+
+which is large for nodes that are clearly weak *and* for nodes we know little about (a node with no
+data has w = target), and small only for nodes that are reliably above the target. Each target first
+gets ``floor`` items (exploration: no node starves), the rest of the budget is split in proportion to
+``w`` with water-filling so that no node exceeds ``cap``, and the fractional shares are rounded by
+largest remainder so the counts sum to the budget exactly. Equal remainders are ordered by a
+permutation drawn from ``seed``, so the result is deterministic per seed without favouring nodes by
+their names. ``strategy="uniform"`` uses equal weights (the baseline to compare against).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tree.ability_tree import AbilityTree
+from tree.posterior import prob_below
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("weakness", "uniform")
+
+
+@dataclass
+class AllocationConfig:
+    """How the loop splits its per-iteration generation budget over nodes."""
+
+    strategy: str = field(default="weakness", metadata={"help": "weakness (favour weak/uncertain nodes) or uniform"})
+    floor: int = field(default=1, metadata={"help": "items every target node gets before weighting"})
+    cap: int | None = field(default=None, metadata={"help": "most items one node may get (None: no cap)"})
+    target: float = field(default=0.8, metadata={"help": "accuracy a node should reach"})
+    seed: int = field(default=0, metadata={"help": "orders equal remainders when rounding"})
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.floor < 0:
+            raise ValueError(f"floor must be >= 0, got {self.floor}")
+        if self.cap is not None and self.cap < max(self.floor, 1):
+            raise ValueError(f"cap must be >= max(floor, 1) = {max(self.floor, 1)}, got {self.cap}")
+        if not 0.0 < self.target < 1.0:
+            raise ValueError(f"target must be in (0, 1), got {self.target}")
+
+
+def node_weights(tree: AbilityTree, iteration: int | None, config: AllocationConfig) -> dict[str, float]:
+    """Weight per target node (see the module docstring), in the tree's node order."""
+    iteration = tree.latest_iteration(iteration)
+    data = set(tree.data_nodes(iteration))
+    targets = [n for n in tree.nodes() if n in data or tree.graph.out_degree(n) == 0]
+    if config.strategy == "uniform":
+        return {n: 1.0 for n in targets}
+    weights = {}
+    for node in targets:
+        n, correct = tree.counts(node, iteration, subtree=False)
+        weights[node] = prob_below(config.target, correct, n)
+    return weights
+
+
+def _capped_shares(weights: np.ndarray, total: int, room: np.ndarray) -> np.ndarray:
+    """Real shares of ``total`` proportional to ``weights`` with share_i <= room_i (water-filling)."""
+    shares = np.zeros_like(weights)
+    free = room > 0
+    left = float(total)
+    while left > 1e-9 and free.any():
+        w = np.where(free, weights, 0.0)
+        if w.sum() <= 0:  # every free node has zero weight: split what is left evenly
+            w = free.astype(float)
+        want = left * w / w.sum()
+        over = free & (shares + want >= room - 1e-12)
+        if not over.any():
+            shares += want
+            break
+        left -= float((room[over] - shares[over]).sum())
+        shares[over] = room[over]
+        free &= ~over
+    return shares
+
+
+def allocate(
+    tree: AbilityTree,
+    budget: int,
+    iteration: int | None = None,
+    *,
+    strategy: str = "weakness",
+    floor: int = 1,
+    cap: int | None = None,
+    target: float = 0.8,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Items to generate per target node; the counts sum to ``budget`` exactly.
+
+    Keyword arguments are the fields of AllocationConfig (``allocate(tree, b, it, **asdict(cfg))``).
+    When the budget cannot give every target ``floor`` items, the floor drops to ``budget // targets``
+    and the rest goes by weight; a ``cap`` too small to place the whole budget is an error.
+    """
+    config = AllocationConfig(strategy=strategy, floor=floor, cap=cap, target=target, seed=seed)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    weights = node_weights(tree, iteration, config)
+    nodes = list(weights)
+    k = len(nodes)
+    if config.cap is not None and config.cap * k < budget:
+        raise ValueError(f"cap {config.cap} x {k} nodes = {config.cap * k} cannot hold a budget of {budget}")
+    floor_each = min(config.floor, budget // k)
+    if floor_each < config.floor:
+        logger.warning("budget %d is too small for a floor of %d on %d nodes; using %d", budget, config.floor, k,
+                       floor_each)
+    cap_each = config.cap if config.cap is not None else budget
+    w = np.array([weights[n] for n in nodes], dtype=float)
+    rest = budget - floor_each * k
+    shares = _capped_shares(w, rest, np.full(k, float(cap_each - floor_each)))
+    base = np.floor(shares + 1e-9).astype(int)
+    remainder = shares - base
+    short = rest - int(base.sum())
+    # Largest remainder first; equal remainders in a seeded random order (not by name).
+    tiebreak = np.random.default_rng(config.seed).permutation(k)
+    order = sorted(range(k), key=lambda i: (-round(remainder[i], 12), tiebreak[i]))
+    for i in order:
+        if short <= 0:
+            break
+        if floor_each + base[i] < cap_each:
+            base[i] += 1
+            short -= 1
+    counts = {n: int(floor_each + b) for n, b in zip(nodes, base)}
+    if sum(counts.values()) != budget:  # cannot happen if the arithmetic above is right; never return less
+        raise RuntimeError(f"allocation of {budget} summed to {sum(counts.values())}: {counts}")
+    logger.info("allocated %d items over %d nodes (%s)", budget, k,
+                ", ".join(f"{n.rsplit('/', 1)[-1]}={c}" for n, c in counts.items() if c))
+    return counts
+

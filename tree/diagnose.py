@@ -1,0 +1,152 @@
+"""Teacher diagnoses: a short statement of what the student gets wrong at each weak node.
+
+All nodes go to the teacher in one batched ``engine.generate`` call. The reply is parsed strictly:
+only short sentence-like lines survive, so a rambling, empty or garbled reply gives no diagnosis for
+that node (and leaves its earlier diagnoses in place) instead of polluting the prompts that the
+generate stage builds from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from data.records import MCQItem
+from engines.base import Engine, SamplingParams
+from prompts import render
+from tree.ability_tree import AbilityTree
+
+logger = logging.getLogger(__name__)
+
+# A missed question: the item and the letter the student chose (None when its answer was unparseable).
+MissedItem = tuple[MCQItem, "str | None"]
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022+]|\d{1,2}[.)]|\(\d{1,2}\))\s+")
+_MARKUP = re.compile(r"(\*\*|__|`|^#+\s*)")
+_LABEL = re.compile(r"^(?:diagnosis|issue|error|problem|gap)\s*\d*\s*:\s*", re.IGNORECASE)
+
+
+@dataclass
+class DiagnoseConfig:
+    """Bounds on what a diagnosis may look like, and how long the teacher may write."""
+
+    max_diagnoses: int = 3
+    max_words: int = 30
+    max_chars: int = 240
+    min_words: int = 3
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_diagnoses < 1:
+            raise ValueError(f"max_diagnoses must be >= 1, got {self.max_diagnoses}")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ValueError(f"need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+        if self.max_chars < 20:
+            raise ValueError(f"max_chars must be >= 20, got {self.max_chars}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def _clean_line(line: str) -> str:
+    line = _BULLET.sub("", line.strip())
+    line = _MARKUP.sub("", line)
+    line = _LABEL.sub("", line.strip())
+    return " ".join(line.strip().strip("\"'").split())
+
+
+def _is_diagnosis(line: str, config: DiagnoseConfig) -> bool:
+    """A plausible diagnosis: a short sentence made mostly of letters, not a header or a fragment."""
+    words = line.split()
+    if not config.min_words <= len(words) <= config.max_words or len(line) > config.max_chars:
+        return False
+    if line.endswith(":") or any(not ch.isprintable() for ch in line):
+        return False
+    visible = [ch for ch in line if not ch.isspace()]
+    if sum(ch.isalpha() for ch in visible) < 0.6 * len(visible):
+        return False
+    # Degenerate repetition ("the the the the") is a decoding failure, not a statement.
+    return len({w.casefold() for w in words}) >= 0.5 * len(words)
+
+
+def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str]:
+    """Diagnoses from a teacher reply; never raises, returns [] for anything unusable.
+
+    Bulleted lines are taken when the reply has any (the format the prompt asks for); otherwise a reply
+    of at most ``max_diagnoses`` lines is read line by line. Lines failing ``_is_diagnosis`` are dropped.
+    """
+    config = config or DiagnoseConfig()
+    if not isinstance(text, str) or not text.strip():
+        return []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    bulleted = [ln for ln in lines if _BULLET.match(ln)]
+    if bulleted:
+        candidates = bulleted
+    elif len(lines) <= config.max_diagnoses:
+        candidates = lines
+    else:
+        return []
+    out: dict[str, str] = {}
+    for raw in candidates:
+        line = _clean_line(raw)
+        if _is_diagnosis(line, config):
+            out.setdefault(line.casefold(), line)
+    return list(out.values())[: config.max_diagnoses]
+
+
+def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem], config: DiagnoseConfig) -> str:
+    info = tree.info(node)
+    return render(
+        "diagnose_errors",
+        area=node,
+        description=info["description"],
+        missed=[
+            {"question": item.question, "options": item.options, "student": answer or "no answer",
+             "key": item.answer_idx}
+            for item, answer in missed
+        ],
+        max_diagnoses=config.max_diagnoses,
+        max_words=config.max_words,
+    )
+
+
+def diagnose(
+    engine: Engine,
+    tree: AbilityTree,
+    wrong_items_by_node: Mapping[str, Sequence[MissedItem]],
+    max_per_node: int = 3,
+    *,
+    config: DiagnoseConfig | None = None,
+) -> dict[str, list[str]]:
+    """Ask the teacher, in one batched call, what the student gets wrong at each node with misses.
+
+    Shows at most ``max_per_node`` missed questions per node (the first ones given: callers choose the
+    order). Non-empty diagnoses replace the node's stored ones; returns every asked node's diagnoses
+    (an empty list where the reply was unusable).
+    """
+    if max_per_node < 1:
+        raise ValueError(f"max_per_node must be >= 1, got {max_per_node}")
+    config = config or DiagnoseConfig()
+    missed_by_node: dict[str, list[MissedItem]] = {}
+    for node, missed in wrong_items_by_node.items():
+        if missed:
+            missed_by_node.setdefault(tree.resolve(node), []).extend(missed)
+    nodes = list(missed_by_node)
+    missed_by_node = {n: m[:max_per_node] for n, m in missed_by_node.items()}
+    if not nodes:
+        return {}
+    prompts = [[{"role": "user", "content": diagnosis_prompt(tree, n, missed_by_node[n], config)}] for n in nodes]
+    completions = engine.generate(prompts, SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0))
+    if len(completions) != len(prompts):
+        raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(prompts)} prompts")
+    result: dict[str, list[str]] = {}
+    for node, completion in zip(nodes, completions):
+        found = parse_diagnoses(getattr(completion, "text", None), config)
+        result[node] = found
+        if found:
+            tree.set_diagnoses(node, found)
+        else:
+            logger.info("no usable diagnosis for %s (reply: %.80r)", node, getattr(completion, "text", None))
+    logger.info("diagnosed %d of %d nodes", sum(1 for d in result.values() if d), len(nodes))
+    return result
