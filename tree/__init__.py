@@ -4,7 +4,7 @@ from tree.ability_tree import AbilityTree, NodeStats, TreeError, split_path
 from tree.allocate import AllocationConfig, allocate
 from tree.diagnose import DiagnoseConfig, diagnose, parse_diagnoses
 from tree.export import export, write_graphml
-from tree.posterior import Posterior, beta_cdf, beta_posterior, beta_ppf, prob_below
+from tree.posterior import Posterior, beta_cdf, beta_posterior, beta_ppf, expected_shortfall
 
 __all__ = [
     "AbilityTree",
@@ -20,7 +20,7 @@ __all__ = [
     "diagnose",
     "export",
     "parse_diagnoses",
-    "prob_below",
+    "expected_shortfall",
     "split_path",
     "write_graphml",
 ]

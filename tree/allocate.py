@@ -4,10 +4,12 @@ Targets are the nodes that hold items of their own in the iteration, plus every 
 teacher proposed but that has no data yet). Node ``i`` with ``c_i`` of ``n_i`` own items right gets the
 weight
 
-    w_i = P(acc_i < target | c_i, n_i),   acc_i ~ Beta(1 + c_i, 1 + n_i - c_i)
+    w_i = E[max(0, target - acc_i)],   acc_i ~ Beta(1 + c_i, 1 + n_i - c_i)
 
-which is large for nodes that are clearly weak *and* for nodes we know little about (a node with no
-data has w = target), and small only for nodes that are reliably above the target. Each target first
+the expected shortfall below the target accuracy. It grows with how weak a node is (unlike
+P(acc < target), which saturates at 1 for every node well below the target, the usual case for a small
+student) and with how uncertain it is: a node with no data has w = target^2 / 2, and a node whose
+mean sits at the target still gets weight while its interval is wide. Each target first
 gets ``floor`` items (exploration: no node starves), the rest of the budget is split in proportion to
 ``w`` with water-filling so that no node exceeds ``cap``, and the fractional shares are rounded by
 largest remainder so the counts sum to the budget exactly. Equal remainders are ordered by a
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tree.ability_tree import AbilityTree
-from tree.posterior import prob_below
+from tree.posterior import expected_shortfall
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def node_weights(tree: AbilityTree, iteration: int | None, config: AllocationCon
     weights = {}
     for node in targets:
         n, correct = tree.counts(node, iteration, subtree=False)
-        weights[node] = prob_below(config.target, correct, n)
+        weights[node] = expected_shortfall(config.target, correct, n)
     return weights
 
 

@@ -1,4 +1,4 @@
-"""Beta-binomial posterior for a node's accuracy: mean, equal-tailed interval, P(accuracy < target).
+"""Beta-binomial posterior for a node's accuracy: mean, equal-tailed interval, expected shortfall.
 
 scipy is not a dependency of the project, so the regularized incomplete beta function is computed here
 (Lentz's continued fraction, as in Numerical Recipes ``betacf``) and its inverse by bisection. Both are
@@ -114,8 +114,10 @@ def beta_posterior(correct: int, n: int, level: float = 0.9, prior: tuple[float,
     )
 
 
-def prob_below(target: float, correct: int, n: int, prior: tuple[float, float] = (1.0, 1.0)) -> float:
-    """P(accuracy < target | correct of n): how likely the node is still short of the target."""
+def expected_shortfall(target: float, correct: int, n: int, prior: tuple[float, float] = (1.0, 1.0)) -> float:
+    """E[max(0, target - accuracy)] under the posterior: how far below the target the node is expected
+    to be. Closed form for X ~ Beta(a, b): t * I_t(a, b) - a / (a + b) * I_t(a + 1, b)."""
     if n < 0 or correct < 0 or correct > n:
         raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
-    return beta_cdf(target, prior[0] + correct, prior[1] + (n - correct))
+    a, b = prior[0] + correct, prior[1] + (n - correct)
+    return max(0.0, target * beta_cdf(target, a, b) - a / (a + b) * beta_cdf(target, a + 1.0, b))

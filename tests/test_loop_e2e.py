@@ -1,0 +1,128 @@
+"""The whole loop through its command line: tiny models for control flow and resume, real SmolLM2 end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from data.domains import get_domain
+from data.records import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_FILES = [
+    "A_student_reply/replies.jsonl",
+    "B_student_tree/tree.json",
+    "B_student_tree/tree.graphml",
+    "C_distill_data/candidates.jsonl",
+    "D_validated_data/validated.jsonl",
+    "D_validated_data/rejected.jsonl",
+    "E_teacher_logits/index.json",
+    "F_student_model/config.json",
+    "G_eval/metrics.json",
+    "G_eval/per_node.csv",
+]
+
+
+def first_per_source(items: list, n: int) -> list:
+    counts: Counter[str] = Counter()
+    kept = []
+    for item in items:
+        if counts[item.source] < n:
+            counts[item.source] += 1
+            kept.append(item)
+    return kept
+
+
+@pytest.fixture(scope="module")
+def small_domain(tmp_path_factory) -> Path:
+    """A few items of every source of the shipped clinical preset."""
+    d = get_domain("clinical")
+    out = tmp_path_factory.mktemp("domain")
+    write_jsonl(out / "seed.jsonl", first_per_source(d.seed_items(), 4))
+    write_jsonl(out / "eval.jsonl", first_per_source(d.eval_items(), 2))
+    (out / "domain.yaml").write_text("name: small\nroot: clinical medicine\nseed_files: [seed.jsonl]\neval_files: [eval.jsonl]\n")
+    return out / "domain.yaml"
+
+
+def loop_cmd(run_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), *args]
+
+
+def tiny_args(domain: Path, teacher: Path, student: Path) -> list[str]:
+    return [
+        "--domain", str(domain), "--teacher", f"hf:{teacher}", "--student", f"hf:{student}",
+        "--engine", "transformers", "--probe-size", "12", "--budget", "24", "--replay", "6",
+        "--train-epochs", "1", "--train-batch-size", "4", "--seed", "3",
+    ]
+
+
+def read_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_kill_during_generate_then_resume(tmp_path, small_domain, tiny_teacher_path, tiny_model_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    args = tiny_args(small_domain, tiny_teacher_path, tiny_model_path)
+
+    ref = subprocess.run(loop_cmd(tmp_path / "ref", *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(loop_cmd(run, *args), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:  # the loop logs "iteration 1: generate …" when the stage starts
+        if "iteration 1: generate" in line:
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.monotonic() < deadline, "generate never started"
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    gen = run / "iteration_1" / "C_distill_data"
+    assert not (gen / ".done.json").exists(), "the kill came after generate finished; nothing was tested"
+
+    resumed = subprocess.run(loop_cmd(run, "--resume"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr
+
+    for rel in STAGE_FILES:
+        assert (run / "iteration_1" / rel).is_file(), rel
+    for rel in ("C_distill_data/candidates.jsonl", "C_distill_data/unparsed.jsonl", "D_validated_data/validated.jsonl", "E_teacher_logits/items.jsonl"):
+        a, b = tmp_path / "ref" / "iteration_1" / rel, run / "iteration_1" / rel
+        ids = read_ids(b)
+        assert len(ids) == len(set(ids)), f"{rel} holds an item twice"
+        assert b.read_text() == a.read_text(), f"{rel} differs from the uninterrupted run"
+    generated = read_ids(gen / "candidates.jsonl") + read_ids(gen / "unparsed.jsonl")
+    assert len(generated) == 24, "each requested item appears once, parsed or not"
+    assert not list(gen.glob(".*.tmp"))
+    report = (run / "report.md").read_text()
+    assert "| 1 |" in report and "reused" in report  # infer/analyze were reused from the killed run
+
+
+@pytest.mark.slow
+def test_default_models_one_iteration(tmp_path, small_domain, smollm2_path):
+    """The real loop with the real SmolLM2 teacher and a derived 4-layer student, on a handful of items."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [
+        "--domain", str(small_domain), "--teacher", "smollm2", "--student", "smollm2?layers=4",
+        "--engine", "transformers", "--probe-size", "8", "--budget", "4", "--replay", "4",
+        "--train-epochs", "1", "--train-batch-size", "4",
+    ]
+    p = subprocess.run(loop_cmd(tmp_path / "run", *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for rel in STAGE_FILES:
+        assert (tmp_path / "run" / "iteration_1" / rel).is_file(), rel
+    assert (tmp_path / "run" / "tree" / "initial.json").is_file()
+    assert "atkd run summary" in p.stdout
+    metrics = json.loads((tmp_path / "run" / "iteration_1" / "G_eval" / "metrics.json").read_text())
+    assert metrics["after"]["n"] == len((small_domain.parent / "eval.jsonl").read_text().splitlines())
+    index = json.loads((tmp_path / "run" / "iteration_1" / "E_teacher_logits" / "index.json").read_text())
+    assert index["k"] == 32
