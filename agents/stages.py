@@ -292,7 +292,7 @@ def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     write_jsonl(out / "before.jsonl", before)
     write_jsonl(out / "after.jsonl", after_result.replies)
     summary = paired_summary(before, after_result.replies, items, tree)
-    write_metrics(out, summary, tree=tree, items=items, replies=after_result.replies)
+    write_metrics(out, summary)
     return {
         "n": len(items),
         "chance": summary["chance"],

@@ -259,6 +259,8 @@ class AbilityTree:
         Replaces whatever that iteration held, so re-running a stage of the loop is idempotent.
         An item scored twice, or an unknown node, is an error (it would silently skew the counts).
         """
+        if iteration < 0:
+            raise ValueError(f"iteration must be >= 0, got {iteration}")
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         seen: set[str] = set()
         for item_id, node, correct in results:
@@ -313,9 +315,12 @@ class AbilityTree:
         iteration = self.latest_iteration(iteration)
         return [n for n, stats in self._graph.nodes(data="stats") if stats.get(iteration, {}).get("n", 0) > 0]
 
-    def weakest(self, n: int, iteration: int | None = None) -> list[str]:
-        """The ``n`` data nodes with the lowest posterior mean accuracy (ties: lower upper bound first)."""
-        if n < 0:
+    def weakest(self, n: int | None, iteration: int | None = None) -> list[tuple[str, float]]:
+        """``(node, posterior mean)`` of the ``n`` weakest data nodes (all of them, ranked, for None).
+
+        Ranked by the posterior mean of the node's own items; ties go to the lower upper bound.
+        """
+        if n is not None and n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         iteration = self.latest_iteration(iteration)
         ranked = []
@@ -323,7 +328,7 @@ class AbilityTree:
             own_n, own_c = self.counts(node, iteration, subtree=False)
             post = beta_posterior(own_c, own_n)
             ranked.append((post.mean, post.hi, node))
-        return [node for _, _, node in sorted(ranked)[:n]]
+        return [(node, mean) for mean, _, node in sorted(ranked)[:n]]
 
     # ------------------------------------------------------------------------------------------ I/O
 
@@ -347,6 +352,12 @@ class AbilityTree:
     def save(self, path: str | Path) -> Path:
         """Write the tree as JSON, atomically."""
         return atomic_write_json(path, self.to_dict())
+
+    def export_graphml(self, path: str | Path, iteration: int | None = None) -> Path:
+        """Write GraphML (see tree.export) with this iteration's subtree statistics attached."""
+        from tree.export import write_graphml  # tree.export imports this module
+
+        return write_graphml(self, path, iteration)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "tree") -> "AbilityTree":

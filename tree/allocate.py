@@ -20,7 +20,8 @@ their names. ``strategy="uniform"`` uses equal weights (the baseline to compare 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -91,20 +92,17 @@ def allocate(
     tree: AbilityTree,
     budget: int,
     iteration: int | None = None,
-    *,
-    strategy: str = "weakness",
-    floor: int = 1,
-    cap: int | None = None,
-    target: float = 0.8,
-    seed: int = 0,
+    config: AllocationConfig | None = None,
+    **overrides: Any,
 ) -> dict[str, int]:
     """Items to generate per target node; the counts sum to ``budget`` exactly.
 
-    Keyword arguments are the fields of AllocationConfig (``allocate(tree, b, it, **asdict(cfg))``).
+    ``overrides`` are AllocationConfig fields (``strategy``, ``floor``, ``cap``, ``target``, ``seed``)
+    applied on top of ``config`` (default: AllocationConfig()); an unknown name is a TypeError.
     When the budget cannot give every target ``floor`` items, the floor drops to ``budget // targets``
     and the rest goes by weight; a ``cap`` too small to place the whole budget is an error.
     """
-    config = AllocationConfig(strategy=strategy, floor=floor, cap=cap, target=target, seed=seed)
+    config = replace(config or AllocationConfig(), **overrides)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     weights = node_weights(tree, iteration, config)

@@ -21,7 +21,7 @@ from tree.ability_tree import AbilityTree
 logger = logging.getLogger(__name__)
 
 # A missed question: the item and the letter the student chose (None when its answer was unparseable).
-MissedItem = tuple[MCQItem, "str | None"]
+MissedItem = tuple[MCQItem, str | None]
 
 _BULLET = re.compile(r"^\s*(?:[-*\u2022+]|\d{1,2}[.)]|\(\d{1,2}\))\s+")
 _MARKUP = re.compile(r"(\*\*|__|`|^#+\s*)")

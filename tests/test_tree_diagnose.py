@@ -1,0 +1,101 @@
+"""Teacher diagnoses: one batched call, strict parsing of malformed replies, storage in the tree."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pytest
+
+from data.records import MCQItem
+from engines.base import Completion, Prompt, SamplingParams
+from tree import AbilityTree
+from tree.diagnose import DiagnoseConfig, diagnose, parse_diagnoses
+
+
+class ScriptedTeacher:
+    """Returns fixed replies (the teacher's text is the input under test) and records each call."""
+
+    name = "scripted"
+
+    def __init__(self, replies: Sequence[object]) -> None:
+        self.replies = list(replies)
+        self.calls: list[list[Prompt]] = []
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        self.calls.append(list(prompts))
+        return [Completion(text=r, finish_reason="stop", num_tokens=0) for r in self.replies[: len(prompts)]]  # type: ignore[arg-type]
+
+
+def mcq(i: int) -> MCQItem:
+    return MCQItem(id=f"q-{i}", question=f"Which drug treats condition {i}?", options={"A": "aspirin", "B": "heparin", "C": "warfarin"},
+                   answer_idx="B", meta_info="medqa:x")
+
+
+GOOD = "- Confuses heparin's mechanism with that of warfarin.\n- Misses contraindications of aspirin in asthma."
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD, ["Confuses heparin's mechanism with that of warfarin.", "Misses contraindications of aspirin in asthma."]),
+        ("Here are the diagnoses:\n1. **Confuses** heparin with warfarin dosing.\n2) Diagnosis: ignores renal clearance of drugs.",
+         ["Confuses heparin with warfarin dosing.", "ignores renal clearance of drugs."]),
+        ("The student confuses anticoagulant mechanisms.", ["The student confuses anticoagulant mechanisms."]),
+        ("", []),
+        ("   \n\n  ", []),
+        (None, []),
+        (12345, []),
+        ({"diagnosis": "x"}, []),
+        ("- ok", []),  # too short to say anything
+        ("- " + "the student rambles on about everything " * 20, []),  # too long
+        ("Well, " + "this is a long paragraph that goes on. " * 3 + "\nIt has many lines.\nAnd more lines.\nAnd more.", []),
+        ("- %%%% 1234 #### ---- 5678 ;;;;", []),
+        ("- the the the the the the the the", []),
+        ("- a\x00b c d e", []),
+        ("- Same point made twice here.\n- same point made TWICE here.\n- Third distinct point stated here.\n- Fourth one is over the limit.",
+         ["Same point made twice here.", "Third distinct point stated here.", "Fourth one is over the limit."]),
+    ],
+)
+def test_parse_table(text, expected):
+    assert parse_diagnoses(text) == expected
+
+
+def test_limits_come_from_config():
+    cfg = DiagnoseConfig(max_diagnoses=1, max_words=5)
+    assert parse_diagnoses("- short but valid point\n- another short valid point", cfg) == ["short but valid point"]
+    assert parse_diagnoses("- this sentence has more than five words", cfg) == []
+    with pytest.raises(ValueError):
+        DiagnoseConfig(max_diagnoses=0)
+
+
+def test_one_batched_call_and_storage():
+    t = AbilityTree("clinical medicine")
+    a, b, c = (t.add_ability(f"clinical medicine/{n}") for n in ("hematology", "pharmacology", "cardiology"))
+    t.set_diagnoses(b, ["An earlier diagnosis that must survive."])
+    teacher = ScriptedTeacher([GOOD, "I cannot help with that request because reasons and more reasons " * 5])
+    wrong = {a: [(mcq(i), "A") for i in range(5)], b: [(mcq(9), None)], c: []}
+    out = diagnose(teacher, t, wrong, max_per_node=2)
+    assert len(teacher.calls) == 1 and len(teacher.calls[0]) == 2  # c had no misses: not asked
+    first = teacher.calls[0][0][0]["content"]
+    assert "Which drug treats condition 1?" in first and "condition 2?" not in first  # max_per_node
+    assert "Student's answer: A" in first and "Correct answer: B" in first and "hematology" in first
+    assert "Student's answer: no answer" in teacher.calls[0][1][0]["content"]
+    assert out == {a: parse_diagnoses(GOOD), b: []}
+    assert t.info(a)["diagnoses"] == parse_diagnoses(GOOD)
+    assert t.info(b)["diagnoses"] == ["An earlier diagnosis that must survive."]
+
+
+def test_no_misses_no_call():
+    teacher = ScriptedTeacher([])
+    assert diagnose(teacher, AbilityTree("r"), {}) == {}
+    assert teacher.calls == []
+
+
+def test_real_tiny_teacher_never_crashes(tiny_model_path):
+    from tests.test_eval_local_engine import LocalHFEngine
+
+    t = AbilityTree("clinical medicine")
+    node = t.add_ability("clinical medicine/pharmacology")
+    out = diagnose(LocalHFEngine(tiny_model_path), t, {node: [(mcq(1), "A")]}, config=DiagnoseConfig(max_new_tokens=12))
+    assert set(out) == {node}
+    assert all(isinstance(d, str) and 0 < len(d) <= 240 for d in out[node])
