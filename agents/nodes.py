@@ -37,9 +37,10 @@ class Stage:
 
 def _clean_partial(out: Path) -> None:
     """Remove temporaries a killed run left behind (atomic writes leave ``.name.xxxx.tmp`` files/dirs)."""
-    if not out.is_dir():
-        return
-    for p in out.glob(".*"):
+    leftovers = list(out.parent.glob(f".{out.name}.*")) if out.parent.is_dir() else []  # temp siblings
+    if out.is_dir():
+        leftovers += list(out.glob(".*"))
+    for p in leftovers:
         if p.name == ".done.json":
             continue
         if p.is_dir():

@@ -245,12 +245,13 @@ def train_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
 
 
 def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from training.distill import distill_config, distill
+    from training.distill import distill, distill_config
+    from training.mcq_data import read_training_items
 
     it, c = state["iteration"], ctx.config
     ctx.engines.release()  # give the trainer the memory the inference engines held
     labels = ctx.run.stage(it, "label")
-    items = read_jsonl(labels / "items.jsonl", MCQItem) if (labels / "items.jsonl").stat().st_size else []
+    items = read_training_items([labels / "items.jsonl"])
     config = distill_config(
         output_dir=str(out),
         alpha=c.alpha,
@@ -259,6 +260,7 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         learning_rate=c.learning_rate,
         per_device_train_batch_size=c.train_batch_size,
         seed=c.seed + it,
+        top_k=c.top_k,
         lora=c.lora,
     )
     metrics = distill(_local_path(state["student"]), items, out, config, logits_dir=labels)

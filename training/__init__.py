@@ -1,0 +1,32 @@
+"""Knowledge-distillation training on TRL: ``KDTrainer`` / ``KDConfig``, pure losses in ``training.losses``,
+sparse teacher logits in ``training.teacher_logits`` and ``distill()`` for the loop.
+
+Names are imported on first use, so ``import training`` stays cheap and pulls in neither TRL nor any
+package of the loop (``agents`` depends on ``training``, never the reverse).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "KDConfig": "training.kd_config",
+    "KDTrainer": "training.kd_trainer",
+    "TopKCollator": "training.collator",
+    "TeacherLogits": "training.teacher_logits",
+    "extract_teacher_logits": "training.teacher_logits",
+    "build_dataset": "training.mcq_data",
+    "distill": "training.distill",
+    "distill_config": "training.distill",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

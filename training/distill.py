@@ -1,0 +1,177 @@
+"""Distil a teacher into a student on MCQ items: one call for the loop's train node, and a CLI.
+
+    python -m training.distill --student smollm2?layers=15 --teacher smollm2 --data items.jsonl \
+        --output_dir runs/kd-student --max_steps 20
+
+Stored logits instead of an online teacher: ``--logits DIR`` (a folder written by
+``training.teacher_logits.extract_teacher_logits`` for the same items). Every KDConfig / SFTConfig option
+is a flag (``--alpha 0.7 --temperature 2 --lora_r 16``); ``--config recipe.yaml`` sets any of them from a
+file (command-line values win, unknown keys are an error).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from data.records import DataError, MCQItem, atomic_write_json
+from engines.smollm2 import ModelNotFoundError
+from training.kd_config import KDConfig
+from training.mcq_data import build_dataset, read_training_items
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "distill_metrics.json"
+
+
+def resolve_model_path(spec: str | os.PathLike) -> Path:
+    """A local model folder as is; anything else is a model spec resolved by ``engines.parse_spec``."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    from engines import parse_spec
+
+    return Path(parse_spec(str(spec)).local_path())
+
+
+def distill_config(output_dir: str, *, lora: bool = False, **overrides: Any) -> KDConfig:
+    """A KDConfig with the loop's defaults: no reporting or checkpoints, a log entry every step, LoRA
+    rank 16 when ``lora``. ``overrides`` are any KDConfig fields."""
+    values: dict[str, Any] = {"report_to": "none", "save_strategy": "no", "logging_steps": 1}
+    if lora:
+        values["lora_r"] = 16
+    values.update(overrides)
+    return KDConfig(output_dir=output_dir, **values)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename the finished folder ``src`` into place as ``dst``.
+
+    An absent or empty ``dst`` is replaced by one rename. A previous result (it has METRICS_FILE, or
+    holds only hidden files such as a stage marker) is swapped out first; any other non-empty folder is
+    refused rather than deleted.
+    """
+    if dst.is_dir() and any(dst.iterdir()):
+        visible = [p for p in dst.iterdir() if not p.name.startswith(".")]
+        if visible and not (dst / METRICS_FILE).is_file():
+            raise ValueError(f"output_dir {dst} exists and holds other files; choose an empty or new folder")
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", suffix=".tmp", dir=dst.parent))
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _last_logged(history: list[dict[str, Any]], key: str) -> Any:
+    return next((entry[key] for entry in reversed(history) if key in entry), None)
+
+
+def distill(
+    student_path: str | os.PathLike,
+    items: Sequence[MCQItem],
+    output_dir: str | os.PathLike,
+    config: KDConfig,
+    logits_dir: str | os.PathLike | None = None,
+    teacher_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Train the student at ``student_path`` on ``items`` and save it (full model or LoRA adapter, plus
+    tokenizer and ``distill_metrics.json``) atomically into ``output_dir``.
+
+    ``logits_dir`` / ``teacher_path`` override the config's ``logits_dir`` / ``teacher_model``. The
+    trainer runs with ``output_dir`` set to a temporary sibling folder that is renamed into place at the
+    end, so ``config.output_dir`` is not used. With no items the student is saved unchanged (steps 0).
+    Returns ``steps, items, mode, tokens, train_time, train_loss, ce_loss, kd_loss, total_loss, lora,
+    output_dir``; the losses are the last logged per-component values.
+    """
+    from transformers import AutoTokenizer
+
+    from training.kd_trainer import KDTrainer
+
+    out = Path(output_dir).resolve()
+    config = copy.copy(config)  # shallow: only the fields below change, the caller's config stays as it was
+    if logits_dir is not None:
+        config.logits_dir = str(logits_dir)
+    if teacher_path is not None:
+        config.teacher_model = str(teacher_path)
+    if config.logits_dir and config.teacher_model:
+        raise ValueError("distill needs an online teacher or stored logits, not both")
+    mode = "offline" if config.logits_dir else "online" if config.teacher_model else "sft"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
+                                   "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,
+                                   "lora": config.lora_r > 0, "output_dir": str(out)}
+        if not items:
+            logger.warning("no training items: saving the student from %s unchanged", student_path)
+            shutil.copytree(student_path, tmp, dirs_exist_ok=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(student_path)
+            config.output_dir = str(tmp)
+            trainer = KDTrainer(
+                str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer
+            )
+            result = trainer.train()
+            trainer.save_model(str(tmp))
+            history = trainer.state.log_history
+            metrics.update(
+                steps=trainer.state.global_step,
+                tokens=_last_logged(history, "num_tokens") or 0,
+                train_time=result.metrics.get("train_runtime", 0.0),
+                train_loss=result.training_loss,
+                ce_loss=_last_logged(history, "ce_loss"),
+                kd_loss=_last_logged(history, "kd_loss"),
+                total_loss=_last_logged(history, "total_loss"),
+            )
+        atomic_write_json(tmp / METRICS_FILE, metrics)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("distilled %d items in %d steps (%s) into %s", len(items), metrics["steps"], mode, out)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+@dataclass
+class DistillArguments:
+    student: str = field(metadata={"help": "Student model spec or folder: smollm2, smollm2?layers=15, hf:PATH, PATH."})
+    data: list[str] = field(metadata={"help": "MCQ JSONL file(s) to train on (MCQItem or GeneratedItem lines)."})
+
+
+def make_parser():
+    from trl import TrlParser
+
+    return TrlParser((DistillArguments, KDConfig), prog="python -m training.distill")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = make_parser()
+    try:
+        args, config = parser.parse_args_and_config(None if argv is None else list(argv))
+        items = read_training_items(args.data)
+        student = resolve_model_path(args.student)
+        teacher = resolve_model_path(config.teacher_model) if config.teacher_model else None
+    except (ValueError, DataError, OSError, ModelNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    metrics = distill(student, items, config.output_dir, config, teacher_path=teacher)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

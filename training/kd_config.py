@@ -1,0 +1,127 @@
+"""``KDConfig``: the options of knowledge-distillation training, on top of TRL's ``SFTConfig``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import SFTConfig
+
+from training.losses.kd import KD_LOSS_TYPES
+
+
+@dataclass
+class KDConfig(SFTConfig):
+    r"""
+    Configuration for [`training.KDTrainer`]: every [`~trl.SFTConfig`] option plus the distillation ones.
+
+    The loss is `alpha * KD + (1 - alpha) * CE`, both averaged over the completion tokens. KD compares the
+    student with an online teacher model (`teacher_model`) or with sparse top-k teacher log-probs stored
+    on disk (`logits_dir`, written by `training.teacher_logits.extract_teacher_logits`).
+
+    Differences from [`~trl.SFTConfig`]: `bf16` and `gradient_checkpointing` default to whether CUDA is
+    available (both on with a GPU, both off on CPU, where bf16 autocast is slow and checkpointing only
+    costs time); an explicit value is always kept. `kd_loss_type` is not `loss_type`: SFTConfig's
+    `loss_type` ("nll"/"dft") still names the CE variant that SFTTrainer validates.
+    """
+
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE. 1 is pure distillation, 0 plain SFT."},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "KD temperature T: both distributions are softened by T and the KD term is scaled by T^2."},
+    )
+    kd_loss_type: str = field(
+        default="forward_kl",
+        metadata={
+            "help": "Divergence: forward_kl = KL(teacher||student), reverse_kl = KL(student||teacher), jsd = "
+            "generalized JSD with weight beta.",
+            "choices": list(KD_LOSS_TYPES),
+        },
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={"help": "JSD interpolation weight (kd_loss_type=jsd): 0 is forward KL, 1 reverse KL."},
+    )
+    top_k: int = field(
+        default=32,
+        metadata={
+            "help": "Teacher log-probs kept per token (plus one tail bucket). Offline: the first top_k of the stored "
+            "ones (all of them if fewer were stored). Online: the teacher is truncated the same way, so online and offline "
+            "runs train on the same signal; 0 uses the full teacher distribution (online only)."
+        },
+    )
+    teacher_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Online teacher: a local model folder (the CLI also takes a model spec such as smollm2). "
+            "Mutually exclusive with logits_dir.",
+            "aliases": ["--teacher"],
+        },
+    )
+    logits_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Offline teacher: folder of stored sparse top-k log-probs (index.json + safetensors shards).",
+            "aliases": ["--logits"],
+        },
+    )
+    lora_r: int = field(
+        default=0,
+        metadata={"help": "LoRA rank; 0 trains the full student, > 0 trains (and saves) a LoRA adapter only."},
+    )
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names that get LoRA adapters; default: every linear layer except the LM head."},
+    )
+    # Overrides of SFTConfig defaults (see the class docstring).
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass to save memory. Default: on with CUDA, off without."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on with CUDA (unless fp16), off without."},
+    )
+
+    def __post_init__(self) -> None:
+        cuda = torch.cuda.is_available() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = cuda and not self.fp16
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = cuda
+        checks = [
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (self.kd_loss_type in KD_LOSS_TYPES, f"kd_loss_type must be one of {', '.join(KD_LOSS_TYPES)}, got {self.kd_loss_type!r}"),
+            (0.0 <= self.beta <= 1.0, f"beta must be in [0, 1], got {self.beta}"),
+            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
+            (not (self.teacher_model and self.logits_dir), "set teacher_model (online) or logits_dir (offline), not both"),
+            (not (self.logits_dir and self.top_k == 0), "top_k=0 (full teacher distribution) needs an online teacher_model"),
+            (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
+            (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
+            (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        super().__post_init__()
+
+    def lora_config(self) -> Any:
+        """The ``peft.LoraConfig`` these options describe, or None when ``lora_r`` is 0 (full training)."""
+        if self.lora_r == 0:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules or "all-linear",
+            task_type="CAUSAL_LM",
+        )
