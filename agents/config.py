@@ -38,7 +38,7 @@ class LoopConfig:
     eval_size: int = field(default=0, metadata={"help": "Eval-set items scored each iteration (0 = all of the domain's eval files)."})
     budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes."})
     allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
-    exemplars: int = field(default=2, metadata={"help": "Seed exemplars shown to the teacher per generated item."})
+    exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
     replay: int = field(default=32, metadata={"help": "Seed-pool items (weakest nodes first, never probe or eval items) mixed into each training set."})
     top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
@@ -57,7 +57,7 @@ class LoopConfig:
             (self.probe_size >= 1, "probe_size must be >= 1"),
             (self.eval_size >= 0, "eval_size must be >= 0"),
             (self.budget >= 1, "budget must be >= 1"),
-            (self.exemplars >= 0, "exemplars must be >= 0"),
+            (self.exemplars >= 1, "exemplars must be >= 1"),
             (self.replay >= 0, "replay must be >= 0"),
             (self.top_k >= 1, "top_k must be >= 1"),
             (0.0 <= self.alpha <= 1.0, "alpha must be in [0, 1]"),

@@ -30,7 +30,7 @@ class EnginePool:
         if spec not in self._loaded:
             from engines import EngineConfig, load_engine
 
-            config = EngineConfig(engine=self.engine, threads=self.threads or "auto", batch_size=self.batch_size)
+            config = EngineConfig(engine=self.engine, threads=self.threads, batch_size=self.batch_size)
             logger.info("loading %s (%s engine)", spec, self.engine)
             self._loaded[spec] = load_engine(spec, config)
         return self._loaded[spec]

@@ -115,7 +115,7 @@ def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.generate import NodeRequest, SynthConfig, generate_candidates
+    from data.generate import NodeBrief, SynthConfig, generate_items
     from tree import AbilityTree
     from tree.allocate import AllocationConfig, allocate
 
@@ -126,24 +126,24 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     by_node: dict[str, list[MCQItem]] = defaultdict(list)
     for item in ctx.seed_items:
         by_node[tree.node_of(item)].append(item)
-    requests = [
-        NodeRequest(
+    targets = [node for node, count in alloc.items() if count > 0]
+    briefs = {
+        node: NodeBrief(
             node_id=node,
-            name=tree.graph.nodes[node]["name"],
-            description=tree.graph.nodes[node].get("description", ""),
-            diagnoses=tree.graph.nodes[node].get("diagnoses", []),
-            exemplars=_exemplars(by_node, tree, node, c.exemplars, c.seed + it),
-            count=count,
+            name=tree.info(node)["name"],
+            description=tree.info(node).get("description", ""),
+            diagnoses=tuple(tree.info(node).get("diagnoses", [])),
+            path=tuple(node.split("/")),
         )
-        for node, count in alloc.items()
-        if count > 0
-    ]
-    result = generate_candidates(
-        ctx.engines.get(c.teacher), requests, SynthConfig(seed=c.seed + it), iteration=it, generator=c.teacher
-    )
-    write_jsonl(out / "candidates.jsonl", result.candidates)
-    write_jsonl(out / "unparsed.jsonl", result.failures)
-    return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.candidates), "unparsed": len(result.failures), "nodes": len(requests)}
+        for node in targets
+    }
+    exemplars = {node: _exemplars(by_node, tree, node, c.exemplars * 4, c.seed + it) for node in targets}
+    synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
+    result = generate_items(ctx.engines.get(c.teacher), alloc, briefs, exemplars, synth, iteration=it)
+    write_jsonl(out / "candidates.jsonl", result.items)
+    write_jsonl(out / "unparsed.jsonl", result.rejected)
+    atomic_write_json(out / "report.json", result.report)
+    return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.items), "failed_attempts": len(result.rejected), "nodes": len(targets)}
 
 
 def _exemplars(by_node: dict[str, list[MCQItem]], tree, node: str, k: int, seed: int) -> list[MCQItem]:
@@ -181,7 +181,7 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         critic=ctx.engines.get(c.critic_spec),
         seed_pool=ctx.seed_items,
         eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
-        config=ValidationConfig(acceptance=c.acceptance, seed=c.seed + it),
+        config=ValidationConfig(acceptance=c.acceptance, seed=c.seed + it, domain=ctx.domain.root),
     )
     write_jsonl(out / "validated.jsonl", result.accepted)
     write_jsonl(out / "rejected.jsonl", result.rejected)
