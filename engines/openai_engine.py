@@ -1,0 +1,147 @@
+"""OpenAI-compatible HTTP engine: any ``vllm serve`` replica or hosted model.
+
+Requests run concurrently (a thread pool, ``concurrency`` in flight), are retried with exponential
+backoff on 429/5xx and connection errors, and rotate round-robin over several base URLs
+(``openai:http://a:8000/v1,http://b:8000/v1#model``) — the path to many machines. Chat messages go to
+``/chat/completions``, raw strings to ``/completions``. stdlib only: no client library needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from engines.base import Completion, Prompt, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class HTTPEngineError(RuntimeError):
+    """A request that failed for good (after retries, or with a status that retrying cannot fix)."""
+
+
+class OpenAIEngine:
+    def __init__(self, spec: Any, config: Any) -> None:
+        self.name = spec.raw
+        self.model = spec.model
+        self.base_urls = [u.rstrip("/") for u in spec.path.split(",") if u.strip()]
+        self.concurrency = config.concurrency
+        self.timeout_s = config.timeout_s
+        self.max_retries = config.max_retries
+        self.api_key = os.environ.get(config.api_key_env, "")
+        self._next_url = itertools.cycle(self.base_urls)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------ transport
+
+    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        delay = 0.5
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                url = next(self._next_url) + route
+            try:
+                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:300].decode(errors="replace")
+                if e.code not in RETRY_STATUS or attempt == self.max_retries:
+                    raise HTTPEngineError(f"{url}: HTTP {e.code}: {detail}") from None
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                if attempt == self.max_retries:
+                    raise HTTPEngineError(f"{url}: {e}") from None
+                wait = delay
+            logger.warning("%s: attempt %d failed, retrying in %.1f s", url, attempt + 1, wait)
+            time.sleep(wait)
+            delay = min(delay * 2, 30.0)
+        raise HTTPEngineError("unreachable")
+
+    def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(items)))) as pool:
+            return list(pool.map(fn, items))
+
+    def _request(self, prompt: Prompt, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if isinstance(prompt, str):
+            return "/completions", {"model": self.model, "prompt": prompt, **extra}
+        messages = list(prompt)
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **extra}
+        if messages and messages[-1]["role"] == "assistant":
+            # vLLM's extension: continue the assistant prefix instead of opening a new turn.
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        return "/chat/completions", body
+
+    # --------------------------------------------------------------------------------- protocol
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        extra: dict[str, Any] = {"max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p}
+        if params.seed is not None:
+            extra["seed"] = params.seed
+        if params.stop:
+            extra["stop"] = list(params.stop)
+        if params.json_schema is not None:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "item", "schema": params.json_schema}}
+
+        def one(prompt: Prompt) -> Completion:
+            route, body = self._request(prompt, extra)
+            if route == "/completions":
+                body.pop("response_format", None)
+            resp = self._post(route, body)
+            choice = resp["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+            tokens = (resp.get("usage") or {}).get("completion_tokens", 0)
+            return Completion(text=text or "", finish_reason="length" if choice.get("finish_reason") == "length" else "stop", num_tokens=tokens)
+
+        return self._map(one, prompts)
+
+    def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[dict[str, float]]:
+        def one(prompt: Prompt) -> dict[str, float]:
+            route, body = self._request(prompt, {"max_tokens": 1, "temperature": 0.0})
+            if route == "/completions":
+                body["logprobs"] = 20
+            else:
+                body.update(logprobs=True, top_logprobs=20)
+            choice = self._post(route, body)["choices"][0]
+            top = _top_logprobs(choice)
+            floor = min(top.values()) if top else -100.0
+            # A choice outside the returned top 20 gets a bound below the 20th: not exact, never above it.
+            return {c: max(top.get(c, floor - 1.0), top.get(" " + c, floor - 1.0)) for c in choices}
+
+        return self._map(one, prompts)
+
+    def topk_logprobs(self, sequences: Sequence[Sequence[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        from engines import EngineCapabilityError
+
+        raise EngineCapabilityError(
+            f"{self.name}: top-k log-probs over token sequences need the model's tokenizer and weights; "
+            "label with a local engine (hf:/vllm: spec of the same model)"
+        )
+
+    def close(self) -> None:
+        """Nothing to free: connections are not kept."""
+
+
+def _top_logprobs(choice: dict[str, Any]) -> dict[str, float]:
+    lp = choice.get("logprobs") or {}
+    if "content" in lp:  # chat format: content[0].top_logprobs = [{token, logprob}, ...]
+        first = (lp.get("content") or [{}])[0]
+        return {t["token"]: t["logprob"] for t in first.get("top_logprobs", [])}
+    tops = lp.get("top_logprobs") or [{}]  # completions format: top_logprobs[0] = {token: logprob}
+    return dict(tops[0] or {})
