@@ -1,0 +1,359 @@
+"""Validation of teacher-written MCQs: cheap quality gates, then two agents (blind solver and critic).
+
+Gates run in this fixed order; an item stops at the first it fails, and the rejection records that
+gate as ``stage`` with a one-line ``reason``:
+
+1. ``schema``: a valid MCQItem/GeneratedItem, ``min_options``..``max_options`` options (default 4-5),
+   non-empty question and option texts, distinct option texts (after normalisation), unique id.
+2. ``duplicate``: the same normalised question and option set as a seed-pool item or an earlier
+   surviving item of this batch (data.dedup.exact_key).
+3. ``near_duplicate``: word n-gram Jaccard >= ``near_dup_threshold`` (default 3-grams, 0.7) with a
+   seed-pool item or an earlier surviving item of this batch.
+4. ``contamination``: shares a word 13-gram with any evaluation item (question + options text).
+5. ``solver`` / ``critic``: the agents, run only on the survivors, each in ONE batched engine call.
+   The solver answers blind (no key, no explanation) with the options shuffled deterministically per
+   item and seed, through prompts.mcq (the evaluation format); its pick is mapped back to the original
+   letters. The critic sees the key and replies with JSON {"verdict", "reason"} (prompts/critique_mcq.j2).
+   ``acceptance`` decides which agents must agree: ``both`` (default), ``solver`` or ``critic``; only
+   the agents a rule needs are run. When both are required and both object, the stage is ``solver``.
+
+An unparseable critic reply is a defined outcome: ``critic_unparseable="reject"`` (default) rejects
+with reason "critic output unparseable: ..."; ``"accept"`` lets the solver decide alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from data.dedup import ContaminationIndex, DuplicateIndex, normalize_text
+from data.records import GeneratedItem, MCQItem
+from engines.base import Engine, SamplingParams
+from prompts import render
+from prompts.mcq import mcq_messages
+from prompts.parse import CriticVerdict, critic_json_schema, parse_completion
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("schema", "duplicate", "near_duplicate", "contamination", "solver", "critic")
+
+# Acceptance rules: (solver agrees, critic accepts) -> keep. None means that agent was not run.
+ACCEPTANCE_RULES: dict[str, Callable[[bool | None, bool | None], bool]] = {
+    "both": lambda solver, critic: bool(solver) and bool(critic),
+    "solver": lambda solver, critic: bool(solver),
+    "critic": lambda solver, critic: bool(critic),
+}
+_NEEDS = {"both": (True, True), "solver": (True, False), "critic": (False, True)}
+
+
+@dataclass
+class ValidationConfig:
+    """Gates, thresholds and agent settings of the validate stage."""
+
+    acceptance: str = field(default="both", metadata={"help": "Which agents must accept: both, solver or critic."})
+    min_options: int = field(default=4, metadata={"help": "Fewest options an item may have."})
+    max_options: int = field(default=5, metadata={"help": "Most options an item may have."})
+    near_dup_ngram: int = field(default=3, metadata={"help": "Word n-gram size of the near-duplicate Jaccard."})
+    near_dup_threshold: float = field(default=0.7, metadata={"help": "Jaccard at or above which two items are near duplicates."})
+    contamination_ngram: int = field(default=13, metadata={"help": "Shared word n-gram length that marks an item contaminated."})
+    seed: int = field(default=0, metadata={"help": "Seed of the solver's option shuffle and the critic's sampling."})
+    critic_unparseable: str = field(default="reject", metadata={"help": "What an unparseable critic reply means: reject or accept."})
+    critic_max_new_tokens: int = field(default=96, metadata={"help": "Token budget of one critic reply."})
+    critic_temperature: float = field(default=0.0, metadata={"help": "Critic sampling temperature (0 = greedy)."})
+    critic_prefill: bool = field(default=True, metadata={"help": "Start the critic's reply with '{\"verdict\": \"' (engines without structured decoding)."})
+    domain: str = field(default="", metadata={"help": "Domain name shown to the critic."})
+
+    def __post_init__(self) -> None:
+        if self.acceptance not in ACCEPTANCE_RULES:
+            raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_RULES)}, got {self.acceptance!r}")
+        if not 2 <= self.min_options <= self.max_options <= 26:
+            raise ValueError(f"need 2 <= min_options <= max_options <= 26, got {self.min_options}, {self.max_options}")
+        if self.near_dup_ngram < 1 or self.contamination_ngram < 1:
+            raise ValueError("n-gram sizes must be >= 1")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ValueError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
+        if self.critic_unparseable not in ("reject", "accept"):
+            raise ValueError(f"critic_unparseable must be reject or accept, got {self.critic_unparseable!r}")
+        if self.critic_max_new_tokens < 8:
+            raise ValueError(f"critic_max_new_tokens must be >= 8, got {self.critic_max_new_tokens}")
+        if self.critic_temperature < 0:
+            raise ValueError(f"critic_temperature must be >= 0, got {self.critic_temperature}")
+
+    @property
+    def critic_prefill_text(self) -> str:
+        return '{"verdict": "' if self.critic_prefill else ""
+
+
+@dataclass
+class SolverOutcome:
+    pick: str  # the solver's answer, in the item's original letters
+    prob_key: float  # solver's probability of the key, normalised over the item's letters
+    shown_order: list[str]  # original letters in the order the solver saw them
+
+
+@dataclass
+class CriticOutcome:
+    accept: bool
+    reason: str
+    parsed: bool
+    raw: str
+
+
+@dataclass
+class ValidationResult:
+    accepted: list[GeneratedItem]
+    rejected: list[dict[str, Any]]  # item fields + stage + reason (+ details)
+    report: dict[str, Any]
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # per item that reached the agents
+
+
+# -------------------------------------------------------------------------------------- the solver
+
+
+def shuffle_options(options: Mapping[str, str], key: str) -> tuple[dict[str, str], list[str]]:
+    """Shuffle options deterministically for ``key`` (item id and seed).
+
+    Returns the shown options (letters A.. in order) and ``order``: ``order[i]`` is the original letter
+    shown at position i, so a pick ``shown`` maps back to ``order[ord(shown) - ord("A")]``.
+    """
+    order = list(options)
+    random.Random(key).shuffle(order)  # str seeds hash with SHA-512: stable across runs and machines
+    shown = {chr(ord("A") + i): options[orig] for i, orig in enumerate(order)}
+    return shown, order
+
+
+def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0) -> list[SolverOutcome]:
+    """Answer every item without its key, in ONE ``choice_logprobs`` call over the widest letter set."""
+    if not items:
+        return []
+    shuffled = [shuffle_options(it.options, f"{seed}:{it.id}") for it in items]
+    prompts = [mcq_messages(it.question, shown) for it, (shown, _) in zip(items, shuffled)]
+    letters = [chr(ord("A") + i) for i in range(max(len(it.options) for it in items))]
+    scores = engine.choice_logprobs(prompts, letters)
+    outcomes = []
+    for item, (shown, order), row in zip(items, shuffled, scores):
+        own = list(shown)  # this item's letters; wider letters of the batch are ignored
+        logps = [row[letter] for letter in own]
+        top = max(logps)
+        probs = [math.exp(lp - top) for lp in logps]
+        total = sum(probs)
+        best = own[logps.index(top)]
+        pick = order[ord(best) - ord("A")]
+        prob_key = probs[order.index(item.answer_idx)] / total
+        outcomes.append(SolverOutcome(pick, prob_key, order))
+    return outcomes
+
+
+# -------------------------------------------------------------------------------------- the critic
+
+
+def critic_messages(item: MCQItem, config: ValidationConfig) -> list[dict[str, str]]:
+    user = render(
+        "critique_mcq",
+        question=item.question,
+        options=item.options,
+        answer_idx=item.answer_idx,
+        explanation=getattr(item, "explanation", ""),
+        domain=config.domain,
+    )
+    messages = [{"role": "user", "content": user}]
+    if config.critic_prefill:
+        messages.append({"role": "assistant", "content": config.critic_prefill_text})
+    return messages
+
+
+def critique(engine: Engine, items: Sequence[MCQItem], config: ValidationConfig) -> list[CriticOutcome]:
+    """The critic's verdict on every item, in ONE ``generate`` call, parsed strictly."""
+    if not items:
+        return []
+    params = SamplingParams(
+        max_new_tokens=config.critic_max_new_tokens,
+        temperature=config.critic_temperature,
+        seed=config.seed,
+        json_schema=critic_json_schema(),
+    )
+    completions = engine.generate([critic_messages(it, config) for it in items], params)
+    outcomes = []
+    for completion in completions:
+        result = parse_completion(completion.text, CriticVerdict, config.critic_prefill_text)
+        if result.ok:
+            outcomes.append(CriticOutcome(result.value.verdict == "accept", result.value.reason.strip(), True, result.raw))
+        else:
+            accept = config.critic_unparseable == "accept"
+            outcomes.append(CriticOutcome(accept, f"critic output unparseable: {result.reason}", False, result.raw))
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------------- gates
+
+
+def check_schema(raw: GeneratedItem | Mapping[str, Any], config: ValidationConfig) -> tuple[GeneratedItem | None, str]:
+    """Gate 1: the item, or None and the reason it is malformed."""
+    try:
+        item = raw if isinstance(raw, GeneratedItem) else GeneratedItem.model_validate(dict(raw))
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "item"
+        return None, f"{where}: {err['msg']}"
+    n = len(item.options)
+    if not config.min_options <= n <= config.max_options:
+        return None, f"has {n} options, needs {config.min_options}-{config.max_options}"
+    if not item.question.strip():
+        return None, "question is empty"
+    texts = [normalize_text(t) for t in item.options.values()]
+    if any(not t for t in texts):
+        return None, "an option text is empty"
+    if len(set(texts)) < n:
+        dupes = sorted({letter for letter, t in zip(item.options, texts) if texts.count(t) > 1})
+        return None, f"options {', '.join(dupes)} have the same text"
+    return item, ""
+
+
+def _reject(raw: GeneratedItem | Mapping[str, Any], stage: str, reason: str, **details: Any) -> dict[str, Any]:
+    fields = raw.model_dump(mode="json", exclude_none=True) if isinstance(raw, GeneratedItem) else dict(raw)
+    return {**fields, "stage": stage, "reason": reason, **details}
+
+
+def validate_items(
+    candidates: Sequence[GeneratedItem | Mapping[str, Any]],
+    *,
+    solver: Engine | None,
+    critic: Engine | None,
+    seed_pool: Sequence[MCQItem] = (),
+    eval_items: Sequence[MCQItem] = (),
+    config: ValidationConfig | None = None,
+) -> ValidationResult:
+    """Run every gate and the agents the acceptance rule needs; see the module docstring for the order."""
+    config = config or ValidationConfig()
+    need_solver, need_critic = _NEEDS[config.acceptance]
+    if need_solver and solver is None:
+        raise ValueError(f"acceptance {config.acceptance!r} needs a solver engine")
+    if need_critic and critic is None:
+        raise ValueError(f"acceptance {config.acceptance!r} needs a critic engine")
+
+    seeds = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold)
+    seeds.add_items(list(seed_pool))
+    batch = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold)
+    contamination = ContaminationIndex(list(eval_items), config.contamination_ngram)
+
+    rejected: list[dict[str, Any]] = []
+    survivors: list[GeneratedItem] = []
+    seen_ids: set[str] = set()
+    for raw in tqdm(candidates, desc="quality gates", unit="item", disable=None, leave=False):
+        item, why = check_schema(raw, config)
+        if item is not None and item.id in seen_ids:
+            item, why = None, f"duplicate id {item.id!r} in the batch"
+        if item is None:
+            rejected.append(_reject(raw, "schema", why))
+            continue
+        seen_ids.add(item.id)
+        stage, reason, details = _overlap_check(item, seeds, batch, contamination)
+        if stage:
+            rejected.append(_reject(item, stage, reason, **details))
+            continue
+        batch.add(item.id, item.question, item.options)
+        survivors.append(item)
+
+    logger.info("quality gates: %d of %d candidates reach the agents", len(survivors), len(candidates))
+    solved = solve_blind(solver, survivors, config.seed) if need_solver else [None] * len(survivors)
+    judged = critique(critic, survivors, config) if need_critic else [None] * len(survivors)
+
+    accepted: list[GeneratedItem] = []
+    decisions: list[dict[str, Any]] = []
+    keep = ACCEPTANCE_RULES[config.acceptance]
+    for item, s, c in zip(survivors, solved, judged):
+        solver_ok = None if s is None else s.pick == item.answer_idx
+        critic_ok = None if c is None else c.accept
+        decision = {"id": item.id, "target_node": item.target_node, "key": item.answer_idx}
+        if s is not None:
+            decision.update(solver_pick=s.pick, solver_prob_key=round(s.prob_key, 4), solver_order="".join(s.shown_order))
+        if c is not None:
+            decision.update(critic_accept=c.accept, critic_reason=c.reason, critic_parsed=c.parsed, critic_raw=c.raw)
+        decision["accepted"] = keep(solver_ok, critic_ok)
+        decisions.append(decision)
+        if decision["accepted"]:
+            accepted.append(item)
+            continue
+        details = {k: v for k, v in decision.items() if k not in ("id", "target_node", "key", "accepted")}
+        if need_solver and not solver_ok:
+            reason = f"solver picked {s.pick} (p(key)={s.prob_key:.2f}), key is {item.answer_idx}"
+            if need_critic and not critic_ok:
+                reason += f"; critic: {c.reason}"
+            rejected.append(_reject(item, "solver", reason, **details))
+        else:
+            rejected.append(_reject(item, "critic", c.reason, **details))
+
+    report = _report(candidates, accepted, rejected, decisions, config)
+    logger.info(
+        "validated %d candidates: %d accepted (%.0f%%); rejected by stage %s",
+        len(candidates), len(accepted), 100 * report["acceptance_rate"], report["rejected_by_stage"],
+    )
+    return ValidationResult(accepted, rejected, report, decisions)
+
+
+def _overlap_check(
+    item: GeneratedItem, seeds: DuplicateIndex, batch: DuplicateIndex, contamination: ContaminationIndex
+) -> tuple[str, str, dict[str, Any]]:
+    """Stages 2-4 for one schema-valid item: ``(stage, reason, details)`` or ``("", "", {})``."""
+    for index, where in ((seeds, "seed pool"), (batch, "batch")):
+        match = index.exact(item.question, item.options)
+        if match:
+            return "duplicate", f"exact duplicate of {match.id} ({where})", {"duplicate_of": match.id}
+    for index, where in ((seeds, "seed pool"), (batch, "batch")):
+        match = index.nearest(item.question, item.options)
+        if match:
+            reason = f"near duplicate of {match.id} ({where}): {index.n}-gram Jaccard {match.score:.2f} >= {index.threshold}"
+            return "near_duplicate", reason, {"duplicate_of": match.id, "similarity": round(match.score, 4)}
+    hit = contamination.match(item.question, item.options)
+    if hit:
+        eval_id, text = hit
+        return "contamination", f"shares the {contamination.n}-gram {text!r} with eval item {eval_id}", {"eval_id": eval_id}
+    return "", "", {}
+
+
+def _report(
+    candidates: Sequence[Any],
+    accepted: list[GeneratedItem],
+    rejected: list[dict[str, Any]],
+    decisions: list[dict[str, Any]],
+    config: ValidationConfig,
+) -> dict[str, Any]:
+    by_stage = {stage: 0 for stage in STAGES}
+    per_node: dict[str, dict[str, Any]] = {}
+
+    def node_row(node: str) -> dict[str, Any]:
+        return per_node.setdefault(node, {"candidates": 0, "accepted": 0, "rejected": {}})
+
+    for rej in rejected:
+        by_stage[rej["stage"]] += 1
+        row = node_row(str(rej.get("target_node", "?")))
+        row["candidates"] += 1
+        row["rejected"][rej["stage"]] = row["rejected"].get(rej["stage"], 0) + 1
+    for item in accepted:
+        row = node_row(item.target_node)
+        row["candidates"] += 1
+        row["accepted"] += 1
+    for row in per_node.values():
+        row["acceptance_rate"] = row["accepted"] / row["candidates"]
+    n = len(candidates)
+    return {
+        "acceptance": config.acceptance,
+        "candidates": n,
+        "accepted": len(accepted),
+        "acceptance_rate": len(accepted) / n if n else 0.0,
+        "rejected_by_stage": by_stage,
+        "per_node": per_node,
+        "reached_agents": len(decisions),
+        "solver_agreed": sum(1 for d in decisions if d.get("solver_pick") == d["key"]),
+        "critic_accepted": sum(1 for d in decisions if d.get("critic_accept")),
+        "critic_unparseable": sum(1 for d in decisions if d.get("critic_parsed") is False),
+        # The key's letter over accepted items: a later stage rebalances answer positions from this.
+        "answer_positions": dict(sorted(Counter(it.answer_idx for it in accepted).items())),
+    }

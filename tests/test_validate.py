@@ -1,0 +1,221 @@
+"""data.validate and data.dedup: every gate triggered by a planted item, acceptance rules, shuffling.
+
+The solver and critic are scripted engines: they only decide what the agents "said" so that control
+flow (which gate fires, what reaches the agents, one batched call each) can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from data.dedup import ContaminationIndex, DuplicateIndex, exact_key, jaccard, ngrams, normalize_text, word_tokens
+from data.records import GeneratedItem, MCQItem
+from data.validate import ValidationConfig, shuffle_options, solve_blind, validate_items
+from tests.fixtures.scripted_engine import ScriptedEngine, shown_options, user_text
+
+
+def gen(id_: str, question: str, options: list[str], key: str = "A", node: str = "n1") -> GeneratedItem:
+    return GeneratedItem(
+        id=id_, question=question, options={chr(65 + i): t for i, t in enumerate(options)},
+        answer_idx=key, target_node=node, generator="teacher",
+    )
+
+
+SEEDS = [
+    MCQItem(id="seed-0", question="Which nerve innervates the deltoid muscle in the shoulder region?",
+            options={"A": "Axillary nerve", "B": "Radial nerve", "C": "Median nerve", "D": "Ulnar nerve"}, answer_idx="A"),
+    MCQItem(id="seed-1", question="Which vitamin deficiency causes scurvy?",
+            options={"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"}, answer_idx="B"),
+]
+EVAL = [
+    MCQItem(id="eval-7", question="A 45-year-old woman presents with fatigue, weight gain, cold intolerance and dry skin over the last six months; which laboratory test is most appropriate first?",
+            options={"A": "TSH", "B": "Cortisol", "C": "Glucose", "D": "Ferritin"}, answer_idx="A"),
+]
+
+GOOD = gen("g-good", "Which organ produces insulin?", ["Pancreas", "Liver", "Spleen", "Kidney"], "A")
+GOOD5 = gen("g-good5", "Which blood cells carry oxygen to tissues?", ["Erythrocytes", "Neutrophils", "Platelets", "Lymphocytes", "Monocytes"], "A", node="n2")
+SOLVER_NO = gen("g-solver", "What is the normal adult resting heart rate range?", ["60-100 bpm", "20-40 bpm", "120-160 bpm", "180-220 bpm"], "B", node="n2")
+CRITIC_NO = gen("g-critic", "Which bone is the longest in the human body?", ["Femur", "Tibia", "Humerus", "Fibula"], "A")
+PLANTED = {
+    "schema_3_options": gen("g-three", "Which gas do lungs exhale mostly?", ["CO2", "O2", "N2"], "A"),
+    "schema_same_texts": gen("g-same", "Which drug is an NSAID?", ["Aspirin", "aspirin.", "Insulin", "Heparin"], "A"),
+    "schema_dict": {"id": "g-dict", "question": "Q?", "options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "answer_idx": "A"},
+    "batch_duplicate": gen("g-copy", "which organ produces INSULIN", ["Kidney", "Spleen", "Liver", "Pancreas"], "D"),
+    "seed_exact": gen("g-seed-exact", SEEDS[1].question, ["Vitamin K", "Vitamin D", "Vitamin C", "Vitamin A"], "C"),
+    "seed_near": gen("g-seed-near", "So, which nerve innervates the deltoid muscle in the shoulder region?",
+                     ["Axillary nerve", "Radial nerve", "Median nerve", "Ulnar nerve"], "A"),
+    "contaminated": gen("g-contam", "In clinic, fatigue, weight gain, cold intolerance and dry skin over the last six months suggest which diagnosis?",
+                        ["Hypothyroidism", "Cushing syndrome", "Diabetes", "Anaemia"], "A"),
+}
+CANDIDATES = [GOOD, *PLANTED.values(), SOLVER_NO, CRITIC_NO, GOOD5]
+
+
+def solver_pick(prompt) -> str:
+    """The solver picks the key's text, except for SOLVER_NO where it picks option A's text."""
+    text = user_text(prompt)
+    for item in CANDIDATES:
+        if isinstance(item, GeneratedItem) and item.question in text:
+            return item.options["A"] if item is SOLVER_NO else item.options[item.answer_idx]
+    raise AssertionError(f"solver saw an unexpected item: {text[:80]}")
+
+
+def critic_reply(prompt) -> str:
+    """Continues the prefill '{"verdict": "'."""
+    if CRITIC_NO.question in user_text(prompt):
+        return 'reject", "reason": "Two options could be correct."}'
+    return 'accept", "reason": "Clear single best answer."}'
+
+
+def run(candidates=CANDIDATES, config: ValidationConfig | None = None, critic=None):
+    solver = ScriptedEngine(pick=solver_pick, name="solver")
+    critic = critic or ScriptedEngine(reply=critic_reply, name="critic")
+    result = validate_items(candidates, solver=solver, critic=critic, seed_pool=SEEDS, eval_items=EVAL, config=config)
+    return result, solver, critic
+
+
+def test_every_gate_fires_on_its_planted_item():
+    result, solver, critic = run()
+    stage = {r["id"]: r["stage"] for r in result.rejected}
+    assert stage == {
+        "g-three": "schema", "g-same": "schema", "g-dict": "schema",
+        "g-copy": "duplicate", "g-seed-exact": "duplicate", "g-seed-near": "near_duplicate",
+        "g-contam": "contamination", "g-solver": "solver", "g-critic": "critic",
+    }
+    reason = {r["id"]: r["reason"] for r in result.rejected}
+    assert "3 options" in reason["g-three"]
+    assert "A, B have the same text" in reason["g-same"]
+    assert "target_node" in reason["g-dict"]
+    assert reason["g-copy"] == "exact duplicate of g-good (batch)"
+    assert reason["g-seed-exact"] == "exact duplicate of seed-1 (seed pool)"
+    assert reason["g-seed-near"].startswith("near duplicate of seed-0 (seed pool): 3-gram Jaccard")
+    assert "eval-7" in reason["g-contam"] and "13-gram" in reason["g-contam"]
+    assert reason["g-solver"].startswith("solver picked A") and "key is B" in reason["g-solver"]
+    assert reason["g-critic"] == "Two options could be correct."
+    assert [it.id for it in result.accepted] == ["g-good", "g-good5"]
+
+
+def test_agents_see_only_survivors_in_one_batched_call_each():
+    result, solver, critic = run()
+    survivors = ["g-good", "g-solver", "g-critic", "g-good5"]
+    assert [c[0] for c in solver.calls] == ["choice_logprobs"]
+    assert [c[0] for c in critic.calls] == ["generate"]
+    _, solver_prompts, letters = solver.calls[0]
+    assert letters == tuple("ABCDE")  # widest item in the batch has 5 options
+    assert len(solver_prompts) == len(critic.calls[0][1]) == len(survivors)
+    assert [d["id"] for d in result.decisions] == survivors
+    # Blind: the solver's prompt holds neither the key nor the word "Key", and ends in the answer prefix.
+    assert all("Key" not in user_text(p) and p[-1]["role"] == "assistant" for p in solver_prompts)
+    assert "Key: A" in user_text(critic.calls[0][1][0])
+    assert critic.calls[0][2].json_schema["properties"]["verdict"]["enum"] == ["accept", "reject"]
+
+
+def test_report_counts_per_node_and_stage():
+    result, _, _ = run()
+    report = result.report
+    assert report["candidates"] == len(CANDIDATES) and report["accepted"] == 2
+    assert report["acceptance_rate"] == pytest.approx(2 / len(CANDIDATES))
+    assert report["rejected_by_stage"] == {"schema": 3, "duplicate": 2, "near_duplicate": 1, "contamination": 1, "solver": 1, "critic": 1}
+    assert report["per_node"]["n2"] == {"candidates": 2, "accepted": 1, "rejected": {"solver": 1}, "acceptance_rate": 0.5}
+    assert report["reached_agents"] == 4 and report["solver_agreed"] == 3 and report["critic_accepted"] == 3
+    assert report["answer_positions"] == {"A": 2}
+    assert sum(r["candidates"] for r in report["per_node"].values()) == len(CANDIDATES)
+
+
+@pytest.mark.parametrize(
+    "rule, solver_agrees, critic_accepts, kept, stage",
+    [
+        ("both", True, True, True, None),
+        ("both", True, False, False, "critic"),
+        ("both", False, True, False, "solver"),
+        ("both", False, False, False, "solver"),
+        ("solver", True, False, True, None),
+        ("solver", False, True, False, "solver"),
+        ("critic", False, True, True, None),
+        ("critic", True, False, False, "critic"),
+    ],
+)
+def test_acceptance_rules(rule, solver_agrees, critic_accepts, kept, stage):
+    item = gen("g-x", "Which chamber of the heart pumps blood to the aorta?", ["Left ventricle", "Right atrium", "Left atrium", "Right ventricle"], "A")
+    solver = ScriptedEngine(pick=lambda p: "Left ventricle" if solver_agrees else "Right atrium")
+    verdict = "accept" if critic_accepts else "reject"
+    critic = ScriptedEngine(reply=lambda p: f'{verdict}", "reason": "scripted {verdict}"}}')
+    result = validate_items([item], solver=solver, critic=critic, config=ValidationConfig(acceptance=rule))
+    assert (len(result.accepted) == 1) is kept
+    if not kept:
+        assert result.rejected[0]["stage"] == stage
+        if rule == "both" and not solver_agrees and not critic_accepts:
+            assert "critic: scripted reject" in result.rejected[0]["reason"]
+    # Only the agents a rule needs are asked.
+    assert bool(solver.calls) is (rule in ("both", "solver"))
+    assert bool(critic.calls) is (rule in ("both", "critic"))
+
+
+def test_a_rule_without_its_engine_is_an_error():
+    with pytest.raises(ValueError, match="needs a critic"):
+        validate_items([GOOD], solver=ScriptedEngine(pick=solver_pick), critic=None)
+    result = validate_items([GOOD], solver=ScriptedEngine(pick=solver_pick), critic=None, config=ValidationConfig(acceptance="solver"))
+    assert [it.id for it in result.accepted] == ["g-good"]
+
+
+@pytest.mark.parametrize("policy, kept", [("reject", False), ("accept", True)])
+def test_unparseable_critic_output_is_a_defined_outcome(policy, kept):
+    critic = ScriptedEngine(reply=lambda p: "This question looks great to me!")
+    result, _, _ = run([GOOD], ValidationConfig(critic_unparseable=policy), critic=critic)
+    assert (len(result.accepted) == 1) is kept
+    assert result.decisions[0]["critic_parsed"] is False
+    assert result.decisions[0]["critic_reason"].startswith("critic output unparseable:")
+    if not kept:
+        assert result.rejected[0]["stage"] == "critic"
+        assert result.rejected[0]["reason"].startswith("critic output unparseable: truncated")
+    assert result.report["critic_unparseable"] == 1
+
+
+def test_shuffle_is_deterministic_and_maps_back():
+    options = {"A": "one", "B": "two", "C": "three", "D": "four", "E": "five"}
+    orders = set()
+    for seed in range(20):
+        shown, order = shuffle_options(options, f"{seed}:item-1")
+        assert (shown, order) == shuffle_options(options, f"{seed}:item-1")
+        assert sorted(order) == list(options) and list(shown) == list("ABCDE")
+        assert all(shown[chr(65 + i)] == options[orig] for i, orig in enumerate(order))
+        orders.add(tuple(order))
+    assert len(orders) > 5  # the seed matters
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_solver_pick_is_mapped_back_to_original_letters(seed):
+    items = [gen(f"g{i}", f"Question number {i} about organs?", [f"opt{i}-{j}" for j in range(4)], key) for i, key in enumerate("ABCDDCBA")]
+    solver = ScriptedEngine(pick=lambda p: next(it.options[it.answer_idx] for it in items if it.question in user_text(p)))
+    outcomes = solve_blind(solver, items, seed)
+    assert [o.pick for o in outcomes] == [it.answer_idx for it in items]
+    assert all(o.prob_key > 0.9 for o in outcomes)
+    prompts = solver.calls[0][1]
+    assert any(shown_options(p) != dict(it.options) for p, it in zip(prompts, items))  # really shuffled
+
+
+def test_dedup_primitives():
+    assert normalize_text("  Vitamin-C, (ascorbic)  ACID! ") == "vitamin c ascorbic acid"
+    assert word_tokens("Na_Cl 5mg") == ["na", "cl", "5mg"]
+    assert ngrams(["a", "b"], 3) == {("a", "b")} and ngrams([], 3) == set()
+    assert jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3)
+    assert exact_key("Q?", {"A": "x", "B": "y"}) == exact_key("q", {"A": "Y", "B": "x."})
+    index = DuplicateIndex(n=3, threshold=0.7)
+    index.add_items(SEEDS)
+    assert index.nearest(SEEDS[0].question, SEEDS[0].options).score == 1.0
+    assert index.nearest("Completely unrelated text about renal physiology", {"A": "x", "B": "y"}) is None
+    with pytest.raises(ValueError):
+        DuplicateIndex(threshold=0.0)
+    contamination = ContaminationIndex(EVAL, n=13)
+    assert contamination.match("weight gain, cold intolerance and dry skin over the last six months", {}) is None  # 12 words
+    short = ContaminationIndex([MCQItem(id="e", question="Short one?", options={"A": "x", "B": "y"}, answer_idx="A")])
+    assert short.match("short one", {"A": "X", "B": "Y"}) == ("e", "short one x y")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"acceptance": "either"}, {"min_options": 5, "max_options": 4}, {"near_dup_threshold": 1.5},
+     {"critic_unparseable": "maybe"}, {"contamination_ngram": 0}, {"critic_temperature": -1}],
+)
+def test_config_range_checks(kwargs):
+    with pytest.raises(ValueError):
+        ValidationConfig(**kwargs)
