@@ -138,8 +138,11 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         for node in targets
     }
     exemplars = {node: _exemplars(by_node, tree, node, c.exemplars * 4, c.seed + it) for node in targets}
-    synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
-    result = generate_items(ctx.engines.get(c.teacher), alloc, briefs, exemplars, synth, iteration=it)
+    teacher = ctx.engines.get(c.teacher)
+    # Engines that enforce the JSON schema write the whole object; the others get its first characters.
+    prefill = not getattr(teacher, "enforces_json_schema", False)
+    synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root, prefill=prefill)
+    result = generate_items(teacher, alloc, briefs, exemplars, synth, iteration=it)
     write_jsonl(out / "candidates.jsonl", result.items)
     write_jsonl(out / "unparsed.jsonl", result.rejected)
     atomic_write_json(out / "report.json", result.report)
@@ -174,19 +177,36 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     from data.validate import ValidationConfig, validate_items
 
     it, c = state["iteration"], ctx.config
-    candidates = read_jsonl(ctx.run.stage(it, "generate") / "candidates.jsonl", GeneratedItem)
+    gen = ctx.run.stage(it, "generate")
+    candidates = read_jsonl(gen / "candidates.jsonl", GeneratedItem)
+    critic = ctx.engines.get(c.critic_spec)
     result = validate_items(
         candidates,
         solver=ctx.engines.get(c.solver_spec),
-        critic=ctx.engines.get(c.critic_spec),
+        critic=critic,
         seed_pool=ctx.seed_items,
         eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
-        config=ValidationConfig(acceptance=c.acceptance, seed=c.seed + it, domain=ctx.domain.root),
+        config=ValidationConfig(
+            acceptance=c.acceptance,
+            seed=c.seed + it,
+            domain=ctx.domain.root,
+            critic_prefill=not getattr(critic, "enforces_json_schema", False),
+        ),
     )
+    # Requests whose every generation attempt failed to parse are rejected items too (last attempt kept).
+    parsed_ids = {cand.id for cand in candidates}
+    unparsed = {r["id"]: r for r in read_jsonl(gen / "unparsed.jsonl") if r["id"] not in parsed_ids}
+    rejected = [*unparsed.values(), *result.rejected]
     write_jsonl(out / "validated.jsonl", result.accepted)
-    write_jsonl(out / "rejected.jsonl", result.rejected)
-    atomic_write_json(out / "report.json", result.report)
-    return {"candidates": len(candidates), "accepted": len(result.accepted), "rejected": len(result.rejected), "by_reason": result.report.get("by_reason", {})}
+    write_jsonl(out / "rejected.jsonl", rejected)
+    report = {**result.report, "unparsed_requests": len(unparsed)}
+    atomic_write_json(out / "report.json", report)
+    return {
+        "candidates": len(candidates),
+        "accepted": len(result.accepted),
+        "rejected": len(rejected),
+        "rejected_by_stage": {"parse": len(unparsed), **result.report.get("rejected_by_stage", {})},
+    }
 
 
 # ------------------------------------------------------------------------------------------ label

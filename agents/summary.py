@@ -59,7 +59,6 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    times = " ".join(f"{k} {v:.0f}s" for k, v in row["seconds"].items())
     return [
         str(row["iteration"]),
         _pct(row["probe_acc"]),
@@ -67,11 +66,19 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _pct(row["eval_after"]) + _ci(row["eval_after_ci"]),
         f"{row['generated'] or 0} / {row['parsed'] or 0} / {row['accepted'] or 0}",
         str(row["train_items"] or 0),
-        f"{sum(row['seconds'].values()):.0f}s ({times})",
+        f"{sum(row['seconds'].values()):.0f}s",
     ]
 
 
-HEADERS = ["iter", "probe acc", "eval acc before [95% CI]", "eval acc after [95% CI]", "generated / parsed / accepted", "train items", "time (per stage)"]
+def _time_cells(row: dict[str, Any]) -> list[str]:
+    return [str(row["iteration"])] + [
+        f"{row['seconds'][s]:.1f}" + (" (reused)" if s in row["reused"] else "") if s in row["seconds"] else "–"
+        for s in STAGE_DIRS
+    ]
+
+
+HEADERS = ["iter", "probe acc", "eval acc before [95% CI]", "eval acc after [95% CI]", "generated / parsed / accepted", "train items", "time"]
+TIME_HEADERS = ["iter", *(f"{s} s" for s in STAGE_DIRS)]
 
 
 def print_summary(history: Sequence[StageRecord], total_seconds: float, report: Path) -> None:
@@ -81,8 +88,14 @@ def print_summary(history: Sequence[StageRecord], total_seconds: float, report: 
     rows = _rows(history)
     for row in rows:
         table.add_row(*_cells(row))
+    times = Table(title="seconds per stage")
+    for h in TIME_HEADERS:
+        times.add_column(h, justify="right")
+    for row in rows:
+        times.add_row(*_time_cells(row))
     console = Console()
     console.print(table)
+    console.print(times)
     if rows and rows[-1]["chance"] is not None:
         console.print(f"eval items: {rows[-1]['eval_n']}, chance level {_pct(rows[-1]['chance'])}")
     console.print(f"wall time this invocation: {total_seconds:.0f} s; report: {report}")
@@ -100,6 +113,8 @@ def write_report(run: RunDir, config: LoopConfig, history: Sequence[StageRecord]
         "|" + "---|" * len(HEADERS),
     ]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines += ["", "Seconds per stage:", "", "| " + " | ".join(TIME_HEADERS) + " |", "|" + "---|" * len(TIME_HEADERS)]
+    lines += ["| " + " | ".join(_time_cells(r)) + " |" for r in rows]
     if rows and rows[-1]["chance"] is not None:
         lines += ["", f"Eval set: {rows[-1]['eval_n']} items; chance level {_pct(rows[-1]['chance'])}."]
     reused = [f"iteration {r['iteration']}: {', '.join(r['reused'])}" for r in rows if r["reused"]]

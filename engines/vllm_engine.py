@@ -30,6 +30,8 @@ def _cpu_env_defaults() -> None:
 
 
 class VLLMEngine:
+    enforces_json_schema = True  # SamplingParams.json_schema becomes structured decoding
+
     def __init__(self, path: str | Path, config: Any, *, name: str = "", max_logprobs: int = 64) -> None:
         import torch
 

@@ -1,0 +1,82 @@
+"""Shared benchmark helpers: timing, environment facts, CSV rows (one per measurement) in benchmarks/results/."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def versions() -> str:
+    out = []
+    for name in ("torch", "transformers", "trl", "vllm"):
+        try:
+            out.append(f"{name}={__import__(name).__version__}")
+        except Exception:
+            continue
+    return " ".join(out)
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
+    """Median seconds over ``repeats`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def append_rows(name: str, rows: list[dict[str, Any]]) -> Path:
+    """Append measurements to benchmarks/results/<name>.csv with device, versions and a timestamp."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    extra = {"timestamp": stamp, "device": device_name(), "versions": versions()}
+    full = [{**extra, **r} for r in rows]
+    fields = list(full[0])
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerows(full)
+    return path
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for k in rows[0]:
+        table.add_column(k)
+    for r in rows:
+        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()))
+    Console().print(table)
