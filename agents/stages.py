@@ -94,7 +94,9 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     for r, (_, node, _) in zip(replies, results):
         if not r.correct:
             wrong[node].append((ctx.items_by_id[r.id], r.parsed_answer))
-    diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=3)
+    for missed in wrong.values():  # the shortest misses first: they make the shortest prompts
+        missed.sort(key=lambda m: len(m[0].question))
+    diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2)
     tree.save(out / "tree.json")
     tree.export_graphml(out / "tree.graphml")
     weakest = tree.weakest(5, iteration=it)

@@ -9,7 +9,7 @@ import pytest
 from data.records import MCQItem
 from engines.base import Completion, Prompt, SamplingParams
 from tree import AbilityTree
-from tree.diagnose import DiagnoseConfig, diagnose, parse_diagnoses
+from tree.diagnose import DiagnoseConfig, diagnose, diagnosis_prompt, parse_diagnoses
 
 
 class ScriptedTeacher:
@@ -99,3 +99,13 @@ def test_real_tiny_teacher_never_crashes(tiny_model_path):
     out = diagnose(LocalHFEngine(tiny_model_path), t, {node: [(mcq(1), "A")]}, config=DiagnoseConfig(max_new_tokens=12))
     assert set(out) == {node}
     assert all(isinstance(d, str) and 0 < len(d) <= 240 for d in out[node])
+
+
+def test_long_stems_are_clipped_in_the_prompt():
+    tree = AbilityTree(root="clinical medicine")
+    node = tree.add_ability("clinical medicine/cardiology")
+    stem = "A 54-year-old man presents with chest pain. " * 40  # ~1,800 characters, like a PubMedQA context
+    item = MCQItem(id="x-1", question=stem, options={"A": "aspirin", "B": "heparin"}, answer_idx="A")
+    prompt = diagnosis_prompt(tree, node, [(item, "B")], DiagnoseConfig(max_question_chars=200))
+    assert stem not in prompt and stem[:150] in prompt and "…" in prompt
+    assert len(prompt) < len(stem)

@@ -36,7 +36,8 @@ class DiagnoseConfig:
     max_words: int = 30
     max_chars: int = 240
     min_words: int = 3
-    max_new_tokens: int = 256
+    max_new_tokens: int = 128  # room for max_diagnoses lines of max_words words
+    max_question_chars: int = 400  # longer stems are cut in the prompt: short prompts keep a batch fast
 
     def __post_init__(self) -> None:
         if self.max_diagnoses < 1:
@@ -47,6 +48,12 @@ class DiagnoseConfig:
             raise ValueError(f"max_chars must be >= 20, got {self.max_chars}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_question_chars < 20:
+            raise ValueError(f"max_question_chars must be >= 20, got {self.max_question_chars}")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _clean_line(line: str) -> str:
@@ -102,7 +109,7 @@ def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem],
         area=node,
         description=info["description"],
         missed=[
-            {"question": item.question, "options": item.options, "student": answer or "no answer",
+            {"question": _clip(item.question, config.max_question_chars), "options": item.options, "student": answer or "no answer",
              "key": item.answer_idx}
             for item, answer in missed
         ],
