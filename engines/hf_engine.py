@@ -1,50 +1,23 @@
 """The transformers engine: the default on CPU, and the reference the other engines are checked against.
 
 Every method takes a whole batch and runs it in padded sub-batches sorted by length (little padding,
-one forward or one ``generate`` per sub-batch).
-
-Threads: on this kind of machine 2 OpenMP threads give ~114 tok/s idle but collapse to 7–12 tok/s
-when another process is busy (the threads spin-wait for a core that is taken), where 1 thread keeps
-~60. With ``threads=0`` the engine measures how busy the CPUs are (``/proc/stat`` over 50 ms) before
-each call and uses only the cores that are free.
+one forward or one ``generate`` per sub-batch). CPU threads are chosen by engines.threads: with
+``threads="auto"`` the engine uses the cores other processes leave free and re-decides while it runs,
+because torch's spinning OpenMP threads collapse beside a busy neighbour.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from engines.base import Completion, Prompt, SamplingParams
+from engines.threads import ThreadGovernor
 
 logger = logging.getLogger(__name__)
-
-
-def _cpu_times() -> tuple[int, int] | None:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return idle, sum(fields)
-
-
-def free_cores(window_s: float = 0.05) -> int:
-    """Cores not used by other processes right now (>= 1); this process is idle while measuring."""
-    total_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    a = _cpu_times()
-    time.sleep(window_s)
-    b = _cpu_times()
-    if a is None or b is None or b[1] == a[1]:
-        return total_cores
-    busy_fraction = 1.0 - (b[0] - a[0]) / (b[1] - a[1])
-    busy_cores = busy_fraction * total_cores
-    return max(1, total_cores - int(busy_cores + 0.5))
 
 
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
@@ -52,23 +25,93 @@ def _batches(order: list[int], size: int) -> Iterator[list[int]]:
         yield order[i : i + size]
 
 
+def _governed(fn):
+    """Run an engine call under the thread governor; the caller's torch thread count is restored after."""
+
+    def wrapper(self, *args, **kwargs):
+        if self.device != "cpu":
+            return fn(self, *args, **kwargs)
+        self.governor.start()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.governor.finish()
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+def _governor_step(governor: ThreadGovernor):
+    """A logits processor that re-decides the thread count between decoding steps (scores unchanged)."""
+    from transformers import LogitsProcessor
+
+    class GovernorStep(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            governor.step()
+            return scores
+
+    return GovernorStep()
+
+
+def _stop_in_output(tokenizer, stops: Sequence[str], prompt_width: int):
+    """Stop a row once a stop string appears in its *generated* text.
+
+    transformers' own ``stop_strings`` also match across the prompt boundary (a prompt ending in "\n"
+    plus a generated "\n" stops at "\n\n" after one token); vLLM and OpenAI servers look at the output
+    only, and so do we. Only the last few tokens are decoded each step.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stops) + 4  # tokens: every token decodes to at least one character
+
+    class StopInOutput(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tokenizer.batch_decode(input_ids[:, prompt_width:][:, -window:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in tails], dtype=torch.bool, device=input_ids.device)
+
+    return StopInOutput()
+
+
 class TransformersEngine:
     """A local transformers model (safetensors folder) behind the Engine protocol."""
 
-    def __init__(self, path: str | Path, *, name: str = "", batch_size: int = 16, threads: int = 0, dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str = "",
+        batch_size: int = 16,
+        threads: int | str = "auto",
+        dtype: str = "auto",
+        max_batch_tokens: int = 4096,
+        trust_remote_code: bool = False,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be >= 1")
         self.name = name or str(path)
         self.batch_size = batch_size
-        self.threads = threads
+        self.max_batch_tokens = max_batch_tokens
+        self.governor = ThreadGovernor(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch_dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype != "auto" and dtype not in dtypes:
+            raise ValueError(f"dtype must be auto or one of {sorted(dtypes)}, got {dtype!r}")
+        torch_dtype = dtypes.get(dtype, torch.bfloat16 if self.device == "cuda" else torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            .to(self.device)
+            .eval()
+        )
+        if self.device == "cpu" and self.model.config._attn_implementation == "sdpa":
+            self._use_gqa_attention()
         eos = {self.tokenizer.eos_token_id}
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
@@ -79,14 +122,14 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------------------------ helpers
 
-    def _set_threads(self) -> None:
-        if self.device != "cpu":
-            return
-        import torch
+    def _use_gqa_attention(self) -> None:
+        """On CPU, SDPA with GQA and a padding mask instead of copying the KV cache (engines.attention)."""
+        from engines.attention import register
 
-        n = self.threads or free_cores()
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+        try:
+            self.model.set_attn_implementation(register())
+        except (ValueError, NotImplementedError) as e:  # a model that does not go through AttentionInterface
+            logger.debug("%s keeps sdpa attention: %s", self.name, e)
 
     def render(self, prompt: Prompt) -> str:
         """Raw text as is; chat messages through the chat template (a trailing assistant turn is continued)."""
@@ -119,18 +162,37 @@ class TransformersEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs).logits
 
+    def _token_batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        """Length-sorted batches of at most ``batch_size`` rows and ``max_batch_tokens`` padded tokens:
+        full-sequence logits are (B, T, V) floats, 200 MB per 1,000 tokens at a 49k vocabulary."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        batch: list[int] = []
+        for i in order:
+            if batch and (len(batch) == self.batch_size or (len(batch) + 1) * lengths[i] > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
     # --------------------------------------------------------------------------------- protocol
 
+    @_governed
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
         import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-        self._set_threads()
         encoded = self._encode([self.render(p) for p in prompts])
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[Completion | None] = [None] * len(encoded)
         for b, idx in enumerate(_batches(order, self.batch_size)):
             ids, mask = self._pad_left([encoded[i] for i in idx])
-            kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=self._eos, pad_token_id=self.tokenizer.pad_token_id)
+            kwargs = dict(
+                max_new_tokens=params.max_new_tokens,
+                eos_token_id=self._eos,
+                pad_token_id=self.tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([_governor_step(self.governor)]),
+            )
             if params.temperature > 0:
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
                 if params.seed is not None:
@@ -138,12 +200,11 @@ class TransformersEngine:
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if params.stop:
-                kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_in_output(self.tokenizer, params.stop, ids.shape[1])])
             with torch.inference_mode():
                 gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             for row, i in enumerate(idx):
-                new = gen[row, ids.shape[1] :].tolist()
-                out[i] = self._completion(new, params)
+                out[i] = self._completion(gen[row, ids.shape[1] :].tolist(), params)
         return [c for c in out if c is not None]
 
     def _completion(self, new: list[int], params: SamplingParams) -> Completion:
@@ -157,14 +218,15 @@ class TransformersEngine:
                 break
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         hit_stop = False
-        for s in params.stop:
+        for s in params.stop:  # cutting at each stop in turn leaves the text before the earliest one
             cut = text.find(s)
             if cut >= 0:
                 text, hit_stop = text[:cut], True
         reason = "stop" if hit_eos or hit_stop or len(new) < params.max_new_tokens else "length"
         return Completion(text=text, finish_reason=reason, num_tokens=len(new))
 
-    def _choice_token_ids(self, choice: str) -> list[int]:
+    def choice_token_ids(self, choice: str) -> list[int]:
+        """The single-token encodings of ``choice`` and `` choice`` (at least one must exist)."""
         ids = []
         for variant in (choice, " " + choice):
             toks = self.tokenizer(variant, add_special_tokens=False)["input_ids"]
@@ -174,39 +236,43 @@ class TransformersEngine:
             raise ValueError(f"choice {choice!r} is not a single token for {self.name}")
         return ids
 
+    @_governed
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[dict[str, float]]:
         import torch
 
-        self._set_threads()
-        choice_ids = {c: self._choice_token_ids(c) for c in choices}
+        choice_ids = {c: self.choice_token_ids(c) for c in choices}
         encoded = self._encode([self.render(p) for p in prompts])
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[dict[str, float]] = [{} for _ in encoded]
-        for idx in _batches(order, self.batch_size):
+        for idx in _batches(sorted(range(len(encoded)), key=lambda i: len(encoded[i])), self.batch_size):
+            self.governor.step()
             ids, mask = self._pad_left([encoded[i] for i in idx])
             with torch.inference_mode():
-                logits = self._forward(ids, mask, logits_to_keep=1)[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, V)
+                logits = self._forward(ids, mask, logits_to_keep=1)[:, -1, :]  # (B, V): left padding puts every last token at -1
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             for row, i in enumerate(idx):
                 out[i] = {c: float(logprobs[row, tids].max()) for c, tids in choice_ids.items()}
         return out
 
+    @_governed
     def topk_logprobs(self, sequences: Sequence[Sequence[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         import torch
 
-        self._set_threads()
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if any(len(s) < 2 for s in sequences):
+            raise ValueError("every sequence needs at least 2 tokens (row t predicts token t + 1)")
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sequences)
-        for idx in _batches(order, self.batch_size):
+        for idx in self._token_batches([len(s) for s in sequences]):
+            self.governor.step()
             ids, mask = self._pad_left([list(sequences[i]) for i in idx])
             with torch.inference_mode():
                 logits = self._forward(ids, mask)  # (B, T, V)
-            width = ids.shape[1]
-            for row, i in enumerate(idx):
-                n = len(sequences[i])
-                rows = logits[row, width - n : width - 1].float()  # positions 0..n-2 predict tokens 1..n-1
-                lp, top = torch.log_softmax(rows, dim=-1).topk(k, dim=-1)  # (n-1, k), sorted descending
-                out[i] = (top.to(torch.int32).cpu().numpy(), lp.cpu().numpy().astype(np.float32))
+                width = ids.shape[1]
+                for row, i in enumerate(idx):
+                    n = len(sequences[i])
+                    rows = logits[row, width - n : width - 1].float()  # (n-1, V): position t predicts token t+1
+                    lp, top = torch.log_softmax(rows, dim=-1).topk(k, dim=-1)  # (n-1, k), sorted descending
+                    out[i] = (top.to(torch.int32).cpu().numpy(), lp.cpu().numpy().astype(np.float32))
         return [o for o in out if o is not None]
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import Completion, Prompt, SamplingParams
+from engines.base import Completion, EngineCapabilityError, Prompt, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ class HTTPEngineError(RuntimeError):
 
 
 class OpenAIEngine:
+    """An OpenAI-compatible server (or several, round-robin) behind the Engine protocol."""
+
+    # Chat requests carry SamplingParams.json_schema as response_format (vLLM and OpenAI constrain
+    # decoding with it), so callers need not prefill the reply.
+    enforces_json_schema = True
+
     def __init__(self, spec: Any, config: Any) -> None:
         self.name = spec.raw
         self.model = spec.model
@@ -127,8 +133,6 @@ class OpenAIEngine:
         return self._map(one, prompts)
 
     def topk_logprobs(self, sequences: Sequence[Sequence[int]], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        from engines import EngineCapabilityError
-
         raise EngineCapabilityError(
             f"{self.name}: top-k log-probs over token sequences need the model's tokenizer and weights; "
             "label with a local engine (hf:/vllm: spec of the same model)"

