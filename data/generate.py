@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
 
-from data.records import GeneratedItem, MCQItem
+from data.records import GeneratedItem, MCQItem, first_error
 from engines.base import Engine, SamplingParams
 from prompts import render
 from prompts.parse import MCQDraft, mcq_json_schema, parse_completion
@@ -265,9 +265,8 @@ def generate_items(
                     items[request.id] = draft_to_item(result.value, request, engine.name, seed)
                     continue
                 except ValidationError as e:
-                    err = e.errors()[0]
-                    where = ".".join(str(p) for p in err["loc"]) or "item"
-                    reason, code = f"schema: {where}: {err['msg']}", "schema"
+                    where, msg = first_error(e, "item")
+                    reason, code = f"schema: {where}: {msg}", "schema"
             if completion.finish_reason == "length":
                 reason += f" (hit max_new_tokens={config.max_new_tokens})"
             rejected.append(

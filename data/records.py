@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -119,8 +119,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel | dict]) -> Pa
     return atomic_write_text(path, text)
 
 
-def read_jsonl(path: str | os.PathLike, model: type[T] | None = None) -> list[Any]:
-    """Read a JSONL file; with ``model``, validate each line.
+def first_error(e: ValidationError, whole: str = "record") -> tuple[str, str]:
+    """(dotted field path, message) of a pydantic error's first entry: enough to fix the input."""
+    err = e.errors()[0]
+    return ".".join(str(p) for p in err["loc"]) or whole, err["msg"]
+
+
+def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T]] | None = None) -> list[Any]:
+    """Read a JSONL file; with ``model`` (a pydantic class, or a function of the row choosing one),
+    validate each line.
 
     Raises DataError naming ``file:line`` for a missing file, a line that is not JSON, or a record
     that does not fit the schema. Blank lines are skipped.
@@ -142,21 +149,23 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | None = None) -> list[An
                 continue
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            cls = model if isinstance(model, type) else model(obj)
             try:
-                rows.append(model.model_validate(obj))
+                rows.append(cls.model_validate(obj))
             except ValidationError as e:
-                err = e.errors()[0]
-                field = ".".join(str(p) for p in err["loc"]) or "record"
-                raise DataError(f"{path}:{lineno}: field {field!r}: {err['msg']}") from None
+                field, msg = first_error(e)
+                raise DataError(f"{path}:{lineno}: field {field!r}: {msg}") from None
     return rows
 
 
-def read_items(paths: Sequence[str | os.PathLike]) -> list[MCQItem]:
-    """Read MCQ files; ids must be unique across them."""
+def read_items(
+    paths: Sequence[str | os.PathLike], model: type[T] | Callable[[dict], type[T]] = MCQItem
+) -> list[MCQItem]:
+    """Read MCQ files (``model`` as in ``read_jsonl``); ids must be unique across them."""
     items: list[MCQItem] = []
     seen: dict[str, Path] = {}
     for p in paths:
-        for item in read_jsonl(p, MCQItem):
+        for item in read_jsonl(p, model):
             if item.id in seen:
                 raise DataError(f"{p}: duplicate id {item.id!r} (also in {seen[item.id]})")
             seen[item.id] = Path(p)

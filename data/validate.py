@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from data.dedup import ContaminationIndex, DuplicateIndex, normalize_text
-from data.records import GeneratedItem, MCQItem
+from data.records import GeneratedItem, MCQItem, first_error
 from engines.base import Engine, SamplingParams
 from prompts import render
 from prompts.mcq import mcq_messages
@@ -199,9 +199,8 @@ def check_schema(raw: GeneratedItem | Mapping[str, Any], config: ValidationConfi
     try:
         item = raw if isinstance(raw, GeneratedItem) else GeneratedItem.model_validate(dict(raw))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "item"
-        return None, f"{where}: {err['msg']}"
+        where, msg = first_error(e, "item")
+        return None, f"{where}: {msg}"
     n = len(item.options)
     if not config.min_options <= n <= config.max_options:
         return None, f"has {n} options, needs {config.min_options}-{config.max_options}"

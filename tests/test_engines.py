@@ -286,6 +286,32 @@ def test_topk_logprobs_equal_full_softmax(engine):
         engine.topk_logprobs([[5]], 3)
 
 
+def test_gqa_attention_equals_eager_on_padded_batches(tiny_teacher_path):
+    """engines.attention (SDPA with enable_gqa and the padding mask) against transformers' eager
+    attention: prefill logits of a left-padded batch, and greedy decoding through the KV cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engines.attention import register
+
+    eager = AutoModelForCausalLM.from_pretrained(tiny_teacher_path, attn_implementation="eager").eval()
+    assert eager.config.num_key_value_heads < eager.config.num_attention_heads, "the test needs a GQA model"
+    gqa = AutoModelForCausalLM.from_pretrained(tiny_teacher_path).eval()
+    gqa.set_attn_implementation(register())
+    ids = torch.tensor([[0, 0, 0, 11, 12, 13], [21, 22, 23, 24, 25, 26], [0, 31, 32, 33, 34, 35]])
+    mask = (ids != 0).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = eager(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        got = gqa(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        real = mask.bool()
+        torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-4)
+        kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        assert torch.equal(gqa.generate(input_ids=ids, **kw), eager.generate(input_ids=ids, **kw))
+    engine = load_engine(f"hf:{tiny_teacher_path}", "transformers")
+    assert engine.model.config._attn_implementation == "atkd_sdpa_gqa"  # what the CPU engine runs
+
+
 def test_engine_calls_restore_the_callers_threads(engine):
     import torch
 

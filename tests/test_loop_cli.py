@@ -80,4 +80,4 @@ def test_graph_shape_snapshot():
     snapshot = Path(__file__).parent / "snapshots" / "loop_graph.mmd"
     if os.environ.get("ATKD_UPDATE_SNAPSHOTS"):  # regenerate deliberately, then review the diff
         snapshot.write_text(mermaid)
-    assert mermaid == snapshot.read_text(), f"graph topology changed; if intended, rerun with ATKD_UPDATE_SNAPSHOTS=1"
+    assert mermaid == snapshot.read_text(), "graph topology changed; if intended, rerun with ATKD_UPDATE_SNAPSHOTS=1"

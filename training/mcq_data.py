@@ -8,15 +8,11 @@ assistant answer and its closing end-of-turn token (``<|im_end|>``), so the stud
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import ValidationError
-
-from data.records import DataError, GeneratedItem, MCQItem
+from data.records import GeneratedItem, MCQItem, read_items
 from prompts.mcq import answer_text, mcq_messages
 
 logger = logging.getLogger(__name__)
@@ -86,31 +82,4 @@ def read_training_items(paths: Sequence[str | os.PathLike]) -> list[MCQItem]:
 
     Bad lines raise DataError naming ``file:line``; ids must be unique across the files.
     """
-    items: list[MCQItem] = []
-    seen: dict[str, str] = {}
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                model = GeneratedItem if "target_node" in row else MCQItem
-                try:
-                    item = model.model_validate(row)
-                except ValidationError as e:
-                    err = e.errors()[0]
-                    field = ".".join(str(p) for p in err["loc"]) or "record"
-                    raise DataError(f"{where}: field {field!r}: {err['msg']}") from None
-                if item.id in seen:
-                    raise DataError(f"{where}: duplicate id {item.id!r} (also at {seen[item.id]})")
-                seen[item.id] = where
-                items.append(item)
-    return items
+    return read_items(paths, lambda row: GeneratedItem if "target_node" in row else MCQItem)

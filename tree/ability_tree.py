@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from data.records import GeneratedItem, MCQItem, atomic_write_json
+from data.records import GeneratedItem, MCQItem, atomic_write_json, first_error
 from tree.posterior import Posterior, beta_posterior
 
 logger = logging.getLogger(__name__)
@@ -365,9 +365,8 @@ class AbilityTree:
         try:
             spec = _TreeFile.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "document"
-            raise TreeError(f"{source}: field {where!r}: {err['msg']}") from None
+            where, msg = first_error(e, "document")
+            raise TreeError(f"{source}: field {where!r}: {msg}") from None
         if spec.format != FORMAT or spec.version != FORMAT_VERSION:
             raise TreeError(f"{source}: not an ability tree file (format {spec.format!r} version {spec.version}; "
                             f"expected {FORMAT!r} version {FORMAT_VERSION})")
