@@ -94,6 +94,8 @@ def print_summary(history: Sequence[StageRecord], total_seconds: float, report: 
     for row in rows:
         times.add_row(*_time_cells(row))
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: rich would wrap the tables at 80 columns
+        console = Console(width=140)
     console.print(table)
     console.print(times)
     if rows and rows[-1]["chance"] is not None:

@@ -44,6 +44,7 @@ class EngineConfig:
     timeout_s: float = field(default=120.0, metadata={"help": "OpenAI-compatible HTTP: per request."})
     max_retries: int = field(default=4, metadata={"help": "OpenAI-compatible HTTP: retries on 429/5xx/connection errors."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "OpenAI-compatible HTTP: environment variable with the key."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (stderr) during each engine call."})
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_CHOICES:
@@ -118,6 +119,7 @@ def load_engine(spec: str | ModelSpec, config: EngineConfig | str | None = None,
         dtype=config.dtype,
         max_batch_tokens=config.max_batch_tokens,
         trust_remote_code=config.trust_remote_code,
+        progress=config.progress,
     )
 
 

@@ -18,6 +18,13 @@ Message = dict[str, str]
 Prompt = Union[str, Sequence[Message]]
 
 
+def progress_bar(enabled: bool, total: int, desc: str, unit: str = "prompt"):
+    """A tqdm bar on stderr for one engine call (a no-op when disabled): long CPU calls take minutes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, leave=False, mininterval=2.0, dynamic_ncols=True)
+
+
 class EngineCapabilityError(RuntimeError):
     """The engine cannot do what was asked (e.g. top-k log-probs over a public HTTP API)."""
 

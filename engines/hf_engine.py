@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engines.base import Completion, Prompt, SamplingParams
+from engines.base import Completion, Prompt, SamplingParams, progress_bar
 from engines.threads import ThreadGovernor
 
 logger = logging.getLogger(__name__)
@@ -41,13 +41,19 @@ def _governed(fn):
     return wrapper
 
 
-def _governor_step(governor: ThreadGovernor):
-    """A logits processor that re-decides the thread count between decoding steps (scores unchanged)."""
+def _governor_step(governor: ThreadGovernor, bar=None):
+    """A logits processor run once per decoding step (scores unchanged): re-decides the thread count
+    and shows the step in the progress bar."""
     from transformers import LogitsProcessor
 
     class GovernorStep(LogitsProcessor):
+        step = 0
+
         def __call__(self, input_ids, scores):
             governor.step()
+            self.step += 1
+            if bar is not None and self.step % 8 == 0:
+                bar.set_postfix_str(f"decoding step {self.step}", refresh=False)
             return scores
 
     return GovernorStep()
@@ -86,6 +92,7 @@ class TransformersEngine:
         dtype: str = "auto",
         max_batch_tokens: int = 4096,
         trust_remote_code: bool = False,
+        progress: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -95,6 +102,7 @@ class TransformersEngine:
         self.name = name or str(path)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.progress = progress
         self.governor = ThreadGovernor(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -185,13 +193,14 @@ class TransformersEngine:
         encoded = self._encode([self.render(p) for p in prompts])
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[Completion | None] = [None] * len(encoded)
+        bar = progress_bar(self.progress, len(encoded), "generate")
         for b, idx in enumerate(_batches(order, self.batch_size)):
             ids, mask = self._pad_left([encoded[i] for i in idx])
             kwargs = dict(
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=self._eos,
                 pad_token_id=self.tokenizer.pad_token_id,
-                logits_processor=LogitsProcessorList([_governor_step(self.governor)]),
+                logits_processor=LogitsProcessorList([_governor_step(self.governor, bar)]),
             )
             if params.temperature > 0:
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -205,6 +214,8 @@ class TransformersEngine:
                 gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             for row, i in enumerate(idx):
                 out[i] = self._completion(gen[row, ids.shape[1] :].tolist(), params)
+            bar.update(len(idx))
+        bar.close()
         return [c for c in out if c is not None]
 
     def _completion(self, new: list[int], params: SamplingParams) -> Completion:
@@ -243,6 +254,7 @@ class TransformersEngine:
         choice_ids = {c: self.choice_token_ids(c) for c in choices}
         encoded = self._encode([self.render(p) for p in prompts])
         out: list[dict[str, float]] = [{} for _ in encoded]
+        bar = progress_bar(self.progress, len(encoded), "score choices")
         for idx in _batches(sorted(range(len(encoded)), key=lambda i: len(encoded[i])), self.batch_size):
             self.governor.step()
             ids, mask = self._pad_left([encoded[i] for i in idx])
@@ -251,6 +263,8 @@ class TransformersEngine:
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             for row, i in enumerate(idx):
                 out[i] = {c: float(logprobs[row, tids].max()) for c, tids in choice_ids.items()}
+            bar.update(len(idx))
+        bar.close()
         return out
 
     @_governed
@@ -262,6 +276,7 @@ class TransformersEngine:
         if any(len(s) < 2 for s in sequences):
             raise ValueError("every sequence needs at least 2 tokens (row t predicts token t + 1)")
         out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sequences)
+        bar = progress_bar(self.progress, len(sequences), "top-k log-probs", unit="seq")
         for idx in self._token_batches([len(s) for s in sequences]):
             self.governor.step()
             ids, mask = self._pad_left([list(sequences[i]) for i in idx])
@@ -273,6 +288,8 @@ class TransformersEngine:
                     rows = logits[row, width - n : width - 1].float()  # (n-1, V): position t predicts token t+1
                     lp, top = torch.log_softmax(rows, dim=-1).topk(k, dim=-1)  # (n-1, k), sorted descending
                     out[i] = (top.to(torch.int32).cpu().numpy(), lp.cpu().numpy().astype(np.float32))
+            bar.update(len(idx))
+        bar.close()
         return [o for o in out if o is not None]
 
     def close(self) -> None:

@@ -16,12 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import Completion, EngineCapabilityError, Prompt, SamplingParams
+from engines.base import Completion, EngineCapabilityError, Prompt, SamplingParams, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class OpenAIEngine:
         self.timeout_s = config.timeout_s
         self.max_retries = config.max_retries
         self.api_key = os.environ.get(config.api_key_env, "")
+        self.progress = config.progress
         self._next_url = itertools.cycle(self.base_urls)
         self._lock = threading.Lock()
 
@@ -81,8 +82,18 @@ class OpenAIEngine:
         raise HTTPEngineError("unreachable")
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(items)))) as pool:
-            return list(pool.map(fn, items))
+        """``fn`` over ``items`` with at most ``concurrency`` requests in flight; results in input order."""
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(items)))) as pool, progress_bar(
+            self.progress, len(items), "requests", unit="req"
+        ) as bar:
+            futures = [pool.submit(fn, item) for item in items]
+            for future in as_completed(futures):
+                bar.update(1)
+                if (error := future.exception()) is not None:
+                    for f in futures:  # requests not yet started are dropped; running ones finish
+                        f.cancel()
+                    raise error
+            return [f.result() for f in futures]
 
     def _request(self, prompt: Prompt, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if isinstance(prompt, str):

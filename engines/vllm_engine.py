@@ -49,6 +49,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.max_logprobs = config.max_logprobs
+        self.progress = config.progress
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         self.llm = LLM(
             str(path),
@@ -81,7 +82,7 @@ class VLLMEngine:
             kwargs["seed"] = params.seed
         if params.json_schema is not None:
             kwargs["structured_outputs"] = StructuredOutputsParams(json=params.json_schema)
-        outs = self.llm.generate(self._inputs(prompts), VSP(**kwargs), use_tqdm=False)
+        outs = self.llm.generate(self._inputs(prompts), VSP(**kwargs), use_tqdm=self.progress)
         result = []
         for o in outs:
             c = o.outputs[0]
@@ -99,7 +100,7 @@ class VLLMEngine:
 
         ids = {c: self._choice_ids(c) for c in choices}
         wanted = sorted({i for v in ids.values() for i in v})
-        outs = self.llm.generate(self._inputs(prompts), VSP(max_tokens=1, temperature=0.0, logprob_token_ids=wanted), use_tqdm=False)
+        outs = self.llm.generate(self._inputs(prompts), VSP(max_tokens=1, temperature=0.0, logprob_token_ids=wanted), use_tqdm=self.progress)
         result = []
         for o in outs:
             lp = o.outputs[0].logprobs[0]  # {token_id: Logprob} for the requested ids (+ the sampled one)
@@ -112,7 +113,7 @@ class VLLMEngine:
         if k > self.max_logprobs:
             raise ValueError(f"k={k} exceeds max_logprobs={self.max_logprobs} this engine was started with (EngineConfig.max_logprobs)")
         inputs = [{"prompt_token_ids": list(s)} for s in sequences]
-        outs = self.llm.generate(inputs, VSP(max_tokens=1, temperature=0.0, prompt_logprobs=k), use_tqdm=False)
+        outs = self.llm.generate(inputs, VSP(max_tokens=1, temperature=0.0, prompt_logprobs=k), use_tqdm=self.progress)
         result = []
         for o in outs:
             rows = o.prompt_logprobs[1:]  # row t: distribution of token t+1 (the first entry is None)
