@@ -34,11 +34,11 @@ def make_prompts(n: int) -> list:
     ]
 
 
-def measure(engine, prompts, repeats: int) -> float:
+def measure(engine, prompts, repeats: int, fixed_length: bool) -> float:
     from benchmarks.harness import timed
     from engines import SamplingParams
 
-    params = SamplingParams(max_new_tokens=64)
+    params = SamplingParams(max_new_tokens=64, ignore_eos=fixed_length)
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up
     seconds, outs = timed(lambda: engine.generate(prompts, params), repeats)
     return sum(c.num_tokens for c in outs) / seconds
@@ -49,7 +49,12 @@ def main() -> None:
     ap.add_argument("--no-vllm", action="store_true", help="skip vllm (eager) even if it is importable")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--fixed-length", action="store_true", help="every prompt generates exactly 64 tokens (EOS ignored)")
+    ap.add_argument("--loads", default="idle,busy", help="comma-separated: idle, busy (default: both)")
     args = ap.parse_args()
+    loads = [x.strip() for x in args.loads.split(",") if x.strip()]
+    if not loads or set(loads) - {"idle", "busy"}:
+        ap.error("--loads takes idle and/or busy")
     if args.prompts < 1 or args.repeats < 1:
         ap.error("--prompts and --repeats must be >= 1")
 
@@ -59,7 +64,7 @@ def main() -> None:
     prompts = make_prompts(args.prompts)
     rows = []
     engine = load_engine("smollm2", EngineConfig(engine="transformers", batch_size=16))
-    for load in ("idle", "busy"):
+    for load in loads:
         busy = subprocess.Popen([sys.executable, "-c", BUSY.format(s=900)]) if load == "busy" else None
         try:
             if busy:
@@ -67,10 +72,11 @@ def main() -> None:
             for threads in ("auto", 2, 1):
                 engine.governor.threads = threads
                 load1 = os.getloadavg()[0]
-                tps = measure(engine, prompts, args.repeats)
+                tps = measure(engine, prompts, args.repeats, args.fixed_length)
                 used = "/".join(map(str, engine.governor.applied))
                 rows.append({"engine": "transformers", "threads": f"{threads} (used {used})", "machine": load,
-                             "load1": round(load1, 2), "batch": 16, "out_tok_s": round(tps, 1)})
+                             "load1": round(load1, 2), "batch": 16, "new_tokens": "64" if args.fixed_length else "<=64 (EOS)",
+                             "out_tok_s": round(tps, 1)})
                 print(rows[-1], flush=True)
         finally:
             if busy:
@@ -82,9 +88,10 @@ def main() -> None:
         engine = load_engine("smollm2", EngineConfig(engine="vllm", max_model_len=2048))
         start = time.perf_counter() - t0
         load1 = os.getloadavg()[0]
-        tps = measure(engine, prompts, args.repeats)
+        tps = measure(engine, prompts, args.repeats, args.fixed_length)
         rows.append({"engine": f"vllm eager (start {start:.0f} s)", "threads": "bound", "machine": "idle",
-                     "load1": round(load1, 2), "batch": len(prompts), "out_tok_s": round(tps, 1)})
+                     "load1": round(load1, 2), "batch": len(prompts), "new_tokens": "64" if args.fixed_length else "<=64 (EOS)",
+                     "out_tok_s": round(tps, 1)})
         print(rows[-1], flush=True)
         engine.close()
     print_table(rows)

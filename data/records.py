@@ -141,9 +141,9 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))  # the newline would read as a control character in a string
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
             if model is None:
                 rows.append(obj)
                 continue

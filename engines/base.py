@@ -41,6 +41,9 @@ class SamplingParams:
     # JSON schema for structured decoding; engines that cannot constrain decoding ignore it and the
     # caller parses strictly (see prompts.parse).
     json_schema: dict[str, Any] | None = None
+    # Generate exactly max_new_tokens (EOS does not end a row; stop strings still cut the text): for
+    # benchmarks at a fixed length. vLLM and the HTTP client pass vLLM's own ``ignore_eos``.
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -53,7 +53,7 @@ def _governor_step(governor: ThreadGovernor, bar=None):
             governor.step()
             self.step += 1
             if bar is not None and self.step % 8 == 0:
-                bar.set_postfix_str(f"decoding step {self.step}", refresh=False)
+                bar.set_postfix_str(f"decoding step {self.step}")
             return scores
 
     return GovernorStep()
@@ -208,6 +208,8 @@ class TransformersEngine:
                     torch.manual_seed(params.seed + b)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if params.ignore_eos:
+                kwargs["min_new_tokens"] = params.max_new_tokens
             if params.stop:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_in_output(self.tokenizer, params.stop, ids.shape[1])])
             with torch.inference_mode():

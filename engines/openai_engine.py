@@ -113,6 +113,8 @@ class OpenAIEngine:
             extra["seed"] = params.seed
         if params.stop:
             extra["stop"] = list(params.stop)
+        if params.ignore_eos:
+            extra["ignore_eos"] = True  # a vLLM server extension; other servers may refuse it
         if params.json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "item", "schema": params.json_schema}}
 

@@ -77,7 +77,13 @@ class VLLMEngine:
         from vllm import SamplingParams as VSP
         from vllm.sampling_params import StructuredOutputsParams
 
-        kwargs: dict[str, Any] = dict(max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p, stop=list(params.stop) or None)
+        kwargs: dict[str, Any] = dict(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
+        )
         if params.seed is not None:
             kwargs["seed"] = params.seed
         if params.json_schema is not None:

@@ -217,6 +217,12 @@ def test_batched_generate_equals_one_by_one(engine):
     assert engine.generate([], params) == []
 
 
+def test_ignore_eos_generates_the_full_length(engine):
+    """Benchmarks at a fixed length: EOS does not end a row (the tiny random model ends early otherwise)."""
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=10, ignore_eos=True))
+    assert [c.num_tokens for c in out] == [10] * len(PROMPTS) and {c.finish_reason for c in out} == {"length"}
+
+
 def test_seeded_sampling_is_reproducible(engine):
     params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=7)
     first = [c.text for c in engine.generate(PROMPTS, params)]
