@@ -79,6 +79,7 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     from eval.records import Reply
     from tree import AbilityTree
     from tree.diagnose import diagnose
+    from tree.export import export as export_tree
 
     it = state["iteration"]
     prev = _prev(ctx, state, "analyze")
@@ -99,6 +100,7 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2)
     tree.save(out / "tree.json")
     tree.export_graphml(out / "tree.graphml")
+    export_tree(tree, out / "tree.html", "html", it)
     weakest = tree.weakest(5, iteration=it)
     return {
         "nodes": tree.graph.number_of_nodes(),

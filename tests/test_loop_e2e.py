@@ -21,6 +21,7 @@ STAGE_FILES = [
     "A_student_reply/replies.jsonl",
     "B_student_tree/tree.json",
     "B_student_tree/tree.graphml",
+    "B_student_tree/tree.html",
     "C_distill_data/candidates.jsonl",
     "D_validated_data/validated.jsonl",
     "D_validated_data/rejected.jsonl",

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.tree import Tree as RichTree
 
 from tree.ability_tree import AbilityTree, TreeError
-from tree.export import export
+from tree.export import EXPORT_FORMATS, export
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def make_parser() -> argparse.ArgumentParser:
     show.add_argument("--level", type=float, default=0.9, help="credible interval level (default 0.9)")
     exp = sub.add_parser("export", help="write the tree in another format")
     exp.add_argument("path", type=Path, help="tree JSON file, or a run / iteration folder")
-    exp.add_argument("--format", choices=["json", "graphml"], required=True)
+    exp.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     exp.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     exp.add_argument("--iteration", type=int, default=None, help="iteration whose stats to attach")
     return parser
