@@ -3,6 +3,7 @@
     python -m tree show runs/demo                       # newest tree.json in a run dir
     python -m tree show runs/demo/iteration_2/B_student_tree/tree.json --iteration 1
     python -m tree export runs/demo --format graphml -o tree.graphml
+    python -m tree diff runs/demo/iteration_1 runs/demo/iteration_2   # which nodes improved or fell
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Sequence
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.tree import Tree as RichTree
 
 from tree.ability_tree import AbilityTree, TreeError
+from tree.diff import NodeChange, diff_trees
 from tree.export import EXPORT_FORMATS, export
 
 logger = logging.getLogger(__name__)
@@ -97,7 +100,31 @@ def make_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     exp.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     exp.add_argument("--iteration", type=int, default=None, help="iteration whose stats to attach")
+    dif = sub.add_parser("diff", help="per node: accuracy in A and in B, the change, and P(B > A)")
+    dif.add_argument("a", type=Path, help="tree JSON file, or a run / iteration folder (before)")
+    dif.add_argument("b", type=Path, help="tree JSON file, or a run / iteration folder (after)")
+    dif.add_argument("--iteration-a", type=int, default=None, help="iteration of A (default: its latest)")
+    dif.add_argument("--iteration-b", type=int, default=None, help="iteration of B (default: its latest)")
+    dif.add_argument("--confidence", type=float, default=0.9,
+                     help="P(B > A) needed to call a node improved (and 1 - it to call it fell); default 0.9")
     return parser
+
+
+def render_diff(changes: Sequence[NodeChange]) -> Table:
+    table = Table(title="ability tree diff (B vs A)")
+    for col in ("node", "acc A (n)", "acc B (n)", "change", "P(B > A)", "verdict"):
+        table.add_column(col, justify="left" if col in ("node", "verdict") else "right")
+    colours = {"improved": "green", "fell": "red", "unclear": "dim", "added": "cyan", "removed": "magenta"}
+
+    def acc(mean: float | None, n: int) -> str:
+        return "–" if mean is None else "no data" if n == 0 else f"{mean:.1%} ({n})"
+
+    for c in changes:
+        delta = "–" if c.delta is None or not (c.n_a and c.n_b) else f"{c.delta * 100:+.1f} pt"
+        p = "–" if c.p_better is None else f"{c.p_better:.2f}"
+        table.add_row(escape(c.node), acc(c.mean_a, c.n_a), acc(c.mean_b, c.n_b), delta, p,
+                      f"[{colours[c.verdict]}]{c.verdict}[/]")
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     try:
+        if args.command == "diff":
+            a, b = find_tree_file(args.a), find_tree_file(args.b)
+            changes = diff_trees(AbilityTree.load(a), AbilityTree.load(b), args.iteration_a, args.iteration_b, args.confidence)
+            console.print(f"[dim]A: {escape(str(a))}\nB: {escape(str(b))}[/]")
+            console.print(render_diff(changes))
+            counts = {v: sum(c.verdict == v for c in changes) for v in ("improved", "fell", "unclear", "added", "removed")}
+            console.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))
+            return 0
         source = find_tree_file(args.path)
         tree = AbilityTree.load(source)
         if args.command == "show":
