@@ -24,6 +24,7 @@ from agents.run_dir import RunDir
 from agents.summary import print_summary, write_report
 from data.domains import get_domain
 from data.records import DataError, atomic_write_text
+from tree.ability_tree import AbilityTree
 
 logger = logging.getLogger("agents.loop")
 
@@ -97,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config, explicit = parse_config(argv)
         config, run = _resolve_config(config, explicit)
-        get_domain(config.domain)  # fail on a bad domain before anything is created
+        domain = get_domain(config.domain)  # fail on a bad domain or tree file before anything is created
+        if config.tree and (root := AbilityTree.load(config.tree).root).casefold() != domain.root.casefold():
+            raise DataError(f"{config.tree}: the tree's root {root!r} is not the domain's root {domain.root!r}")
     except (UsageError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

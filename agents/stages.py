@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.context import LoopContext
 from agents.state import LoopState
-from data.records import GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
+from data.records import DataError, GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,28 @@ def infer(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
 def analyze_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     prev = _prev(ctx, state, "analyze")
     paths = [ctx.run.stage(state["iteration"], "infer") / "replies.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
-    return {"teacher": ctx.config.teacher}, paths + ([prev / "tree.json"] if prev else [])
+    if prev:
+        return {"teacher": ctx.config.teacher}, [*paths, prev / "tree.json"]
+    base = [Path(ctx.config.tree)] if ctx.config.tree else []
+    return {"teacher": ctx.config.teacher, "classify": ctx.config.classify, "tree": ctx.config.tree}, [*paths, *base]
+
+
+def _initial_tree(ctx: LoopContext):
+    """The run's starting tree (tree/initial.json): the base tree file or the domain root, the items'
+    ability paths, and the teacher's placement of items without a path (``tree.build``)."""
+    from tree import AbilityTree
+    from tree.build import build_tree
+
+    base = AbilityTree.load(ctx.config.tree) if ctx.config.tree else None
+    if base is not None and base.root.casefold() != ctx.domain.root.casefold():
+        raise DataError(f"{ctx.config.tree}: the tree's root {base.root!r} is not the domain's root {ctx.domain.root!r}")
+    engine = ctx.engines.get(ctx.config.teacher) if ctx.config.classify else None
+    result = build_tree([*ctx.seed_items, *ctx.eval_items], root=ctx.domain.root, base=base, engine=engine)
+    result.tree.save(ctx.run.initial_tree)
+    if result.fallbacks:
+        write_jsonl(ctx.run.initial_tree.with_name("placement_fallbacks.jsonl"),
+                    [{"id": i, "reason": why} for i, why in sorted(result.fallbacks.items())])
+    return result.tree
 
 
 def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
@@ -86,8 +107,7 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     if prev is not None:
         tree = AbilityTree.load(prev / "tree.json")
     else:
-        tree = AbilityTree.from_items([*ctx.seed_items, *ctx.eval_items], root=ctx.domain.root)
-        tree.save(ctx.run.initial_tree)
+        tree = _initial_tree(ctx)
     replies = read_jsonl(ctx.run.stage(it, "infer") / "replies.jsonl", Reply)
     results = [(r.id, tree.node_of(ctx.items_by_id[r.id]), r.correct) for r in replies]
     tree.record(results, iteration=it)
@@ -97,7 +117,9 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
             wrong[node].append((ctx.items_by_id[r.id], r.parsed_answer))
     for missed in wrong.values():  # the shortest misses first: they make the shortest prompts
         missed.sort(key=lambda m: len(m[0].question))
+    before = set(tree.nodes())
     diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2)
+    grown = [n for n in tree.nodes() if n not in before]  # child abilities named by the diagnoses
     tree.save(out / "tree.json")
     tree.export_graphml(out / "tree.graphml")
     export_tree(tree, out / "tree.html", "html", it)
@@ -105,6 +127,7 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     return {
         "nodes": tree.graph.number_of_nodes(),
         "diagnosed_nodes": sum(1 for d in diagnoses.values() if d),
+        "new_abilities": grown,
         "weakest": [{"node": n, "accuracy": round(a, 3)} for n, a in weakest],
     }
 

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -90,9 +91,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table()
+    table = Table()  # printed at full width: a narrow terminal must not cut the column names
     for k in rows[0]:
         table.add_column(k)
     for r in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()))
-    Console().print(table)
+    Console(width=max(160, shutil.get_terminal_size().columns)).print(table)

@@ -36,6 +36,8 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
+    # Base seed. Prompt i of a call samples with seed + i (vLLM, HTTP) or from a generator seeded once per
+    # batch (transformers), so a prompt repeated within one call gives different samples.
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     # JSON schema for structured decoding; engines that cannot constrain decoding ignore it and the

@@ -109,8 +109,6 @@ class OpenAIEngine:
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
         extra: dict[str, Any] = {"max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p}
-        if params.seed is not None:
-            extra["seed"] = params.seed
         if params.stop:
             extra["stop"] = list(params.stop)
         if params.ignore_eos:
@@ -118,8 +116,9 @@ class OpenAIEngine:
         if params.json_schema is not None:
             extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "item", "schema": params.json_schema}}
 
-        def one(prompt: Prompt) -> Completion:
-            route, body = self._request(prompt, extra)
+        def one(indexed: tuple[int, Prompt]) -> Completion:
+            i, prompt = indexed
+            route, body = self._request(prompt, extra if params.seed is None else {**extra, "seed": params.seed + i})
             if route == "/completions":
                 body.pop("response_format", None)
             resp = self._post(route, body)
@@ -128,7 +127,7 @@ class OpenAIEngine:
             tokens = (resp.get("usage") or {}).get("completion_tokens", 0)
             return Completion(text=text or "", finish_reason="length" if choice.get("finish_reason") == "length" else "stop", num_tokens=tokens)
 
-        return self._map(one, prompts)
+        return self._map(one, list(enumerate(prompts)))
 
     def choice_logprobs(self, prompts: Sequence[Prompt], choices: Sequence[str]) -> list[dict[str, float]]:
         def one(prompt: Prompt) -> dict[str, float]:

@@ -84,11 +84,13 @@ class VLLMEngine:
             stop=list(params.stop) or None,
             ignore_eos=params.ignore_eos,
         )
-        if params.seed is not None:
-            kwargs["seed"] = params.seed
         if params.json_schema is not None:
             kwargs["structured_outputs"] = StructuredOutputsParams(json=params.json_schema)
-        outs = self.llm.generate(self._inputs(prompts), VSP(**kwargs), use_tqdm=self.progress)
+        if params.seed is not None:  # one seed per prompt: repeated prompts must not sample alike
+            sampling: Any = [VSP(**kwargs, seed=params.seed + i) for i in range(len(prompts))]
+        else:
+            sampling = VSP(**kwargs)
+        outs = self.llm.generate(self._inputs(prompts), sampling, use_tqdm=self.progress)
         result = []
         for o in outs:
             c = o.outputs[0]

@@ -3,7 +3,7 @@
 logprob mode (the default, and what the loop uses) asks the engine for log P(letter | prompt) right after
 the assistant prefix "The answer is", so no decoding or parsing can go wrong and every item gets an
 answer. Items with different option letters (3, 4, 10 options) are scored in one call per letter set.
-generate mode decodes greedily and reads the letter with ``eval.extract.extract_answer``; replies it
+generate mode decodes greedily and reads the letter with ``prompts.extract.extract_answer``; replies it
 cannot read count as wrong and are reported as unparsed.
 """
 
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from data.records import MCQItem
 from engines.base import Engine, Prompt, SamplingParams
-from eval.extract import extract_answer
+from prompts.extract import extract_answer
 from eval.records import Reply
 from prompts.mcq import mcq_messages, mcq_user_text
 

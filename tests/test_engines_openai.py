@@ -133,6 +133,19 @@ def test_requests_run_concurrently_up_to_the_limit(backend):
         server.shutdown()
 
 
+def test_a_seeded_call_gives_each_prompt_its_own_seed(backend):
+    """The same prompt repeated in one call must be able to sample differently: prompt i gets seed + i."""
+    server, state = _serve(backend)
+    try:
+        client = load_engine(f"openai:{_url(server)}#tiny", EngineConfig(concurrency=2))
+        client.generate(["same"] * 3, SamplingParams(max_new_tokens=2, temperature=0.7, seed=40))
+        assert sorted(b["seed"] for b in state["bodies"]) == [40, 41, 42]
+        client.generate(["same"], SamplingParams(max_new_tokens=2))
+        assert "seed" not in state["bodies"][-1]
+    finally:
+        server.shutdown()
+
+
 def test_round_robin_skips_a_dead_replica_and_sends_the_key(backend, monkeypatch):
     a, state_a = _serve(backend)
     b, state_b = _serve(backend)

@@ -9,7 +9,7 @@ import torch
 
 from data.records import MCQItem, read_items, read_jsonl
 from eval.__main__ import evaluate_files, main
-from eval.extract import extract_answer
+from prompts.extract import extract_answer
 from eval.mcq import score_items
 from eval.records import Reply
 from prompts.mcq import mcq_messages, mcq_user_text

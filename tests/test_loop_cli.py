@@ -36,6 +36,17 @@ def test_broken_jsonl_line_named(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_start_tree_is_refused_before_anything_is_written(tmp_path):
+    p = run_loop("--tree", str(tmp_path / "missing.json"), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert p.returncode == 2 and "missing.json: tree file not found" in p.stderr
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"format": "atkd.ability_tree", "version": 1, "root": "law", "edges": [],
+                                 "nodes": [{"id": "law", "name": "law"}]}))
+    p = run_loop("--tree", str(other), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert p.returncode == 2 and "the tree's root 'law' is not the domain's root 'clinical medicine'" in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_existing_run_dir_needs_resume(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("mine")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from data.domains import get_domain
-from data.records import write_jsonl
+from data.records import read_items, write_jsonl
+from tree import AbilityTree
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILES = [
@@ -124,13 +125,18 @@ def test_default_models_one_iteration(tmp_path, small_domain, smollm2_path):
     args = [
         "--domain", str(small_domain), "--teacher", "smollm2", "--student", "smollm2?layers=4",
         "--engine", "transformers", "--probe-size", "8", "--budget", "4", "--replay", "4",
-        "--train-epochs", "1", "--train-batch-size", "4",
+        "--train-epochs", "1", "--train-batch-size", "4", "--classify",
     ]
     p = subprocess.run(loop_cmd(tmp_path / "run", *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     for rel in STAGE_FILES:
         assert (tmp_path / "run" / "iteration_1" / rel).is_file(), rel
-    assert (tmp_path / "run" / "tree" / "initial.json").is_file()
+    # --classify: the teacher placed every item without an ability path at a node of the tree, so no
+    # source-benchmark node (medqa, pubmedqa, ...) was needed.
+    initial = AbilityTree.load(tmp_path / "run" / "tree" / "initial.json")
+    pathless = [i.id for i in read_items([small_domain.parent / "seed.jsonl", small_domain.parent / "eval.jsonl"]) if not i.ability_path]
+    assert pathless and all(initial.placed_at(i) is not None for i in pathless)
+    assert not any(initial.info(n)["name"] in ("medqa", "medmcqa", "pubmedqa", "medxpertqa") for n in initial.nodes())
     assert "atkd run summary" in p.stdout
     metrics = json.loads((tmp_path / "run" / "iteration_1" / "G_eval" / "metrics.json").read_text())
     assert metrics["after"]["n"] == len((small_domain.parent / "eval.jsonl").read_text().splitlines())

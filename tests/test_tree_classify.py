@@ -8,7 +8,9 @@ from data.records import MCQItem
 from engines.base import EngineCapabilityError
 from tests.fixtures.scripted_engine import ScriptedEngine, user_text
 from tree import AbilityTree
-from tree.classify import NONE_OF_THESE, ClassifyConfig, classify_items
+from tests.testing_utils import read_fixture_expected, read_fixture_records
+from data.records import read_items
+from tree.classify import NONE_OF_THESE, ClassifyConfig, classify_items, read_topic
 
 
 def make_tree() -> AbilityTree:
@@ -57,15 +59,57 @@ def test_items_descend_level_by_level_in_batched_calls():
     assert engine.calls[0][2] == tuple("ABCD")  # 3 children of the root + "none of these"
 
 
-def test_engines_without_letter_scores_fall_back_to_the_source_node():
-    class NoScores(ScriptedEngine):
-        def choice_logprobs(self, prompts, choices):
-            raise EngineCapabilityError("no logprobs over this endpoint")
+class NoScores(ScriptedEngine):
+    """An endpoint without logprobs: classification must go through generated replies."""
+
+    def choice_logprobs(self, prompts, choices):
+        raise EngineCapabilityError("no logprobs over this endpoint")
+
+
+def test_engines_without_letter_scores_classify_by_generation():
+    def reply(prompt) -> str:
+        text = user_text(prompt)
+        if "Troponin" in text:
+            return "Answer: A" if "Topics:\nA. cardiology" in text else "A. acute coronary syndrome"
+        if "Creatinine" in text:
+            return "The topic is nephrology."
+        if "third heart sound" in text:
+            return "A. cardiology\nB. medqa\nC. nephrology"  # copies the list back: commits to nothing
+        return "I am not sure."
 
     tree = make_tree()
-    result = classify_items(NoScores(), tree, [item("a", "x?", meta="medqa:usmle"), item("b", "y?", meta="other:1")])
+    engine = NoScores(reply=reply)
+    result = classify_items(engine, tree, ITEMS)
+    assert result.nodes == {"q1": "med/cardiology/acute coronary syndrome", "q2": "med/nephrology", "q3": "med", "q4": "med"}
+    assert set(result.fallbacks) == {"q3", "q4"} and "names no listed topic of 'med'" in result.fallbacks["q4"]
+    assert [kind for kind, _, _ in engine.calls] == ["generate", "generate"]  # still one batched call per level
+    assert all(p[-1]["role"] == "user" for p in engine.calls[0][1]), "generate mode must not prefill 'The answer is'"
+    assert engine.calls[0][2].temperature == 0.0
+
+
+def test_fallback_goes_to_the_source_node_and_logprob_mode_is_strict():
+    tree = make_tree()
+    result = classify_items(NoScores(reply=lambda p: "??"), tree, [item("a", "x?", meta="medqa:usmle"), item("b", "y?", meta="other:1")])
     assert result.nodes == {"a": "med/medqa", "b": "med"}
-    assert set(result.fallbacks) == {"a", "b"} and "cannot score" in result.fallbacks["a"]
+    assert set(result.fallbacks) == {"a", "b"}
+    with pytest.raises(EngineCapabilityError):
+        classify_items(NoScores(reply=lambda p: "A"), tree, ITEMS, ClassifyConfig(mode="logprob"))
+    with pytest.raises(ValueError, match="mode"):
+        ClassifyConfig(mode="vote")
+
+
+def test_real_smollm2_classification_replies(shared_data_dir):
+    """Greedy SmolLM2-135M replies to the classification prompt (fixtures): most copy the topic list back,
+    which must count as no answer (a leading "A." would otherwise read as topic A)."""
+    records = [r for r in read_fixture_records("tree_outputs.jsonl") if r["kind"] == "classify"]
+    expected = read_fixture_expected("tree_expected.json")
+    tree = AbilityTree.from_items(read_items([shared_data_dir / "mmlu_dev.jsonl"]))
+    assert [tree.info(c)["name"] for c in sorted(tree.children(tree.root), key=lambda c: tree.info(c)["name"])] == records[0]["topics"]
+    assert len(records) == 12
+    for r in records:
+        assert read_topic(r["completion"], tree, tree.root) == expected[r["id"]]["letter"], r["completion"]
+    echoes = sum(r["completion"].startswith("A. anatomy\nB.") for r in records)
+    assert echoes >= 6 and sum(expected[r["id"]]["letter"] is None for r in records) == 10
 
 
 def test_a_node_wider_than_the_letters_falls_back():

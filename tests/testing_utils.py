@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def make_tiny_llama(tokenizer_dir: Path, out_dir: Path, *, hidden: int = 32, lay
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+SMOLLM2_OUTPUTS = Path(__file__).resolve().parent / "fixtures" / "smollm2_outputs"
+
+
+def read_fixture_records(name: str) -> list[dict]:
+    """Records of a JSONL file of real SmolLM2 outputs (tests/fixtures/smollm2_outputs/)."""
+    lines = (SMOLLM2_OUTPUTS / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def read_fixture_expected(name: str) -> dict:
+    """The hand-checked outcomes that go with a fixture file, by record id."""
+    return json.loads((SMOLLM2_OUTPUTS / name).read_text(encoding="utf-8"))

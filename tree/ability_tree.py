@@ -109,6 +109,7 @@ class AbilityTree:
         parts = split_path([root])
         self._graph = nx.DiGraph(root=parts[0])
         self._by_key: dict[str, str] = {}  # casefolded id -> id: "Cardiology" duplicates "cardiology"
+        self._placed: dict[str, str] = {}  # item id -> the node whose examples list it
         self._add_node(parts[0], "")
 
     # ------------------------------------------------------------------------------------ structure
@@ -229,16 +230,33 @@ class AbilityTree:
     def add_items(self, items: Iterable[MCQItem]) -> None:
         """Create the nodes these items need and list their ids as the nodes' examples."""
         for item in items:
-            node = self.add_ability(self._item_path(item), exist_ok=True)
-            examples = self._graph.nodes[node]["examples"]
-            if item.id not in examples:
-                examples.append(item.id)
+            self.place(item.id, self.add_ability(self._item_path(item), exist_ok=True))
+
+    def place(self, item_id: str, node: str) -> str:
+        """List ``item_id`` among ``node``'s examples (moving it if it was placed elsewhere): how items
+        without an ability path, placed by ``tree.classify``, keep their node in the tree file."""
+        node = self.resolve(node)
+        previous = self._placed.get(item_id)
+        if previous == node:
+            return node
+        if previous is not None:
+            self._graph.nodes[previous]["examples"].remove(item_id)
+        self._graph.nodes[node]["examples"].append(item_id)
+        self._placed[item_id] = node
+        return node
+
+    def placed_at(self, item_id: str) -> str | None:
+        """The node whose examples list ``item_id``, if any."""
+        return self._placed.get(item_id)
 
     def node_of(self, item: MCQItem) -> str:
-        """The node an item belongs to: a generated item's target node, else the deepest existing node on
-        its ability path (or its source's node), so items from outside the tree land on an ancestor."""
+        """The node an item belongs to: a generated item's target node; else the node it was placed at
+        (``place``, ``add_items``); else the deepest existing node on its ability path (or its source's
+        node), so items from outside the tree land on an ancestor."""
         if isinstance(item, GeneratedItem) and item.target_node in self:
             return self.resolve(item.target_node)
+        if item.id in self._placed:
+            return self._placed[item.id]
         parts = self._item_path(item)
         for depth in range(len(parts), 0, -1):
             prefix = SEP.join(parts[:depth])
@@ -390,6 +408,10 @@ class AbilityTree:
                              stats={it: c.model_dump() for it, c in sorted(rec.stats.items())})
             if len(tree._by_key) != len(records):
                 raise TreeError("node ids differ only in case")
+            for rec in spec.nodes:
+                for item_id in rec.examples:
+                    if tree._placed.setdefault(item_id, rec.id) != rec.id:
+                        raise TreeError(f"item {item_id!r} is an example of two nodes: {tree._placed[item_id]!r} and {rec.id!r}")
             for u, v in spec.edges:
                 if u not in records or v not in records:
                     raise TreeError(f"edge {u!r} -> {v!r} names a node that has no record")

@@ -2,30 +2,38 @@
 
 Why level by level: the teacher picks among a node's children (a short lettered list) instead of among
 every node of the tree, and the answer is read from the letters' log-probs (``Engine.choice_logprobs``),
-so it is always one of the listed nodes: nothing to parse, nothing off the list. One batched engine call
+so it is always one of the listed nodes: nothing to parse, nothing off the list. A small model prefers
+some letters whatever the question; the letter scores are calibrated by subtracting each letter's mean
+over the items choosing among the same topics (``ClassifyConfig.calibrate``). One batched engine call
 per tree level covers all items still descending. The last letter is "none of these": the item stays at
 the current node (it is more general than any child).
 
-Deterministic fallback, recorded with a reason: when the engine cannot score letters (an HTTP endpoint
-without logprobs) or a node has more children than letters, the item stays at the deepest node reached,
-or, if that is the root, goes where ``AbilityTree.node_of`` puts it (its source benchmark's node).
+Engines that cannot score letters (an HTTP endpoint without logprobs) answer the same prompt by greedy
+generation instead, and the reply is read strictly with ``prompts.extract.extract_answer`` (a letter,
+"Answer: X", or the text of exactly one topic). Deterministic fallback, recorded with a reason: when a
+reply names no listed topic, or a node has more children than letters, the item stays at the deepest
+node reached, or, if that is the root, goes where ``AbilityTree.node_of`` puts it (its own path or its
+source benchmark's node).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from data.records import MCQItem
-from engines.base import Engine, EngineCapabilityError
+from engines.base import Engine, EngineCapabilityError, SamplingParams
 from prompts import render
+from prompts.extract import extract_answer
 from prompts.mcq import ANSWER_PREFIX
 from tree.ability_tree import AbilityTree
 
 logger = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LIST_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
 NONE_OF_THESE = "none of these (a more general question)"
 
 
@@ -33,10 +41,20 @@ NONE_OF_THESE = "none of these (a more general question)"
 class ClassifyConfig:
     max_question_chars: int = field(default=600, metadata={"help": "Question text shown to the teacher is clipped to this many characters."})
     max_depth: int = field(default=8, metadata={"help": "Levels to descend at most."})
+    calibrate: bool = field(default=True, metadata={"help": "Subtract each letter's mean log-prob over the items choosing among the same topics (contextual calibration against a small model's letter bias); needs >= calibrate_min items."})
+    calibrate_min: int = field(default=8, metadata={"help": "Items at one node needed before calibrating their letter scores."})
+    mode: str = field(default="auto", metadata={"help": "auto (letter log-probs, generation where the engine has none), logprob, or generate."})
+    max_new_tokens: int = field(default=24, metadata={"help": "Reply length in generate mode."})
 
     def __post_init__(self) -> None:
         if self.max_question_chars < 20 or self.max_depth < 1:
             raise ValueError("max_question_chars must be >= 20 and max_depth >= 1")
+        if self.mode not in ("auto", "logprob", "generate"):
+            raise ValueError(f"mode must be auto, logprob or generate, got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.calibrate_min < 2:
+            raise ValueError(f"calibrate_min must be >= 2, got {self.calibrate_min}")
 
 
 @dataclass
@@ -51,12 +69,50 @@ def _option_text(tree: AbilityTree, node: str) -> str:
     return f"{info['name']}: {info['description']}" if info.get("description") else info["name"]
 
 
-def classification_prompt(tree: AbilityTree, item: MCQItem, node: str, config: ClassifyConfig) -> list[dict[str, str]]:
-    children = sorted(tree.children(node), key=lambda c: tree.info(c)["name"])
+def _sorted_children(tree: AbilityTree, node: str) -> list[str]:
+    return sorted(tree.children(node), key=lambda c: tree.info(c)["name"])
+
+
+def classification_prompt(tree: AbilityTree, item: MCQItem, node: str, config: ClassifyConfig, *, prefill: bool = True) -> list[dict[str, str]]:
+    """The lettered list of ``node``'s children (+ none of these); ``prefill`` ends it with "The answer is"
+    for letter scoring, generate mode lets the model write its own reply."""
     question = item.question if len(item.question) <= config.max_question_chars else item.question[: config.max_question_chars] + " …"
-    user = render("classify_item", question=question, options=[*map(lambda c: _option_text(tree, c), children), NONE_OF_THESE],
+    user = render("classify_item", question=question, options=[*(_option_text(tree, c) for c in _sorted_children(tree, node)), NONE_OF_THESE],
                   parent=tree.info(node)["name"])
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": ANSWER_PREFIX}]
+    messages = [{"role": "user", "content": user}]
+    return messages + [{"role": "assistant", "content": ANSWER_PREFIX}] if prefill else messages
+
+
+def generation_params(config: ClassifyConfig) -> SamplingParams:
+    return SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0)
+
+
+def read_topic(text: str, tree: AbilityTree, node: str) -> str | None:
+    """The letter a generated reply commits to among ``node``'s listed topics (names as option texts);
+    None when it names none or several (strict: see prompts.extract)."""
+    if not isinstance(text, str) or len({m.group(1) for m in _LIST_LINE.finditer(text)}) > 1:
+        return None  # the reply copies the lettered list back: it commits to nothing
+    children = _sorted_children(tree, node)
+    options = {LETTERS[i]: tree.info(c)["name"] for i, c in enumerate(children)}
+    options[LETTERS[len(children)]] = NONE_OF_THESE
+    return extract_answer(text, options)
+
+
+def _calibrated(rows: dict[str, dict[str, float]], at: dict[str, str], min_items: int) -> dict[str, dict[str, float]]:
+    """Scores minus each letter's mean over the items at the same node (enough of them): a model that
+    prefers one letter whatever the question no longer sends every item there (Zhao et al., 2021,
+    "Calibrate before use", in its batch-mean form)."""
+    groups: dict[str, list[str]] = {}
+    for i in rows:
+        groups.setdefault(at[i], []).append(i)
+    out = dict(rows)
+    for members in groups.values():
+        if len(members) < min_items:
+            continue
+        mean = {c: sum(rows[i][c] for i in members) / len(members) for c in rows[members[0]]}
+        for i in members:
+            out[i] = {c: v - mean[c] for c, v in rows[i].items()}
+    return out
 
 
 def classify_items(engine: Engine, tree: AbilityTree, items: Sequence[MCQItem], config: ClassifyConfig | None = None) -> ClassifyResult:
@@ -67,6 +123,7 @@ def classify_items(engine: Engine, tree: AbilityTree, items: Sequence[MCQItem], 
     fallbacks: dict[str, str] = {}
     done: set[str] = set()
     calls = 0
+    mode = config.mode
     for _ in range(config.max_depth):
         open_ids = [i for i in at if i not in done and tree.children(at[i])]
         too_wide = [i for i in open_ids if len(tree.children(at[i])) + 1 > len(LETTERS)]
@@ -76,23 +133,38 @@ def classify_items(engine: Engine, tree: AbilityTree, items: Sequence[MCQItem], 
         open_ids = [i for i in open_ids if i not in fallbacks]
         if not open_ids:
             break
-        prompts = [classification_prompt(tree, by_id[i], at[i], config) for i in open_ids]
         width = max(len(tree.children(at[i])) + 1 for i in open_ids)
-        try:
-            scores = engine.choice_logprobs(prompts, list(LETTERS[:width]))
-        except EngineCapabilityError as e:
-            for i in open_ids:
-                fallbacks[i] = f"engine cannot score letters: {e}"
-            break
+        letters_of = {i: LETTERS[: len(tree.children(at[i])) + 1] for i in open_ids}  # this item's own options
+        choice: dict[str, str | None] = {}
+        if mode != "generate":
+            try:
+                scores = engine.choice_logprobs([classification_prompt(tree, by_id[i], at[i], config) for i in open_ids],
+                                                list(LETTERS[:width]))
+                rows = dict(zip(open_ids, scores))
+                if config.calibrate:
+                    rows = _calibrated(rows, at, config.calibrate_min)
+                choice = {i: max(letters_of[i], key=lambda c: rows[i][c]) for i in open_ids}
+            except EngineCapabilityError as e:
+                if mode == "logprob":
+                    raise
+                logger.info("engine %s cannot score letters (%s): classifying by generation", engine.name, e)
+                mode = "generate"
+        if mode == "generate":
+            replies = engine.generate([classification_prompt(tree, by_id[i], at[i], config, prefill=False) for i in open_ids],
+                                      generation_params(config))
+            if len(replies) != len(open_ids):
+                raise RuntimeError(f"engine {engine.name!r} returned {len(replies)} completions for {len(open_ids)} prompts")
+            choice = {i: read_topic(r.text, tree, at[i]) for i, r in zip(open_ids, replies)}
         calls += 1
-        for i, row in zip(open_ids, scores):
-            children = sorted(tree.children(at[i]), key=lambda c: tree.info(c)["name"])
-            letters = LETTERS[: len(children) + 1]  # only this item's own options count
-            best = max(letters, key=lambda c: row[c])
-            if best == letters[-1]:
+        for i in open_ids:
+            best = choice[i]
+            if best is None:
+                fallbacks[i] = f"reply names no listed topic of {at[i]!r}"
+                done.add(i)
+            elif best == letters_of[i][-1]:
                 done.add(i)  # none of the children: the item stays here
             else:
-                at[i] = children[letters.index(best)]
+                at[i] = _sorted_children(tree, at[i])[letters_of[i].index(best)]
     for i in fallbacks:  # the deepest node reached, or where the item's own path/source puts it
         if at[i] == tree.root:
             at[i] = tree.node_of(by_id[i])

@@ -4,6 +4,13 @@ All nodes go to the teacher in one batched ``engine.generate`` call. The reply i
 only short sentence-like lines survive, so a rambling, empty or garbled reply gives no diagnosis for
 that node (and leaves its earlier diagnoses in place) instead of polluting the prompts that the
 generate stage builds from them.
+
+The tree can grow from the same reply: nodes with at least ``min_misses_for_child`` misses are asked
+whether the misses share a narrower sub-topic ("Sub-topic: <name>" as the last line). A name that passes
+the same checks as ``python -m tree init`` names (shape, no repeat of the node or its ancestors, no near
+duplicate of an existing child) becomes a child ability, described by the node's first diagnosis.
+Bounded: at most ``max_new_children`` per call over the whole tree (nodes with the most misses first),
+one per node, never deeper than ``max_child_depth``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Any, Mapping, Sequence
 from data.records import MCQItem
 from engines.base import Engine, SamplingParams
 from prompts import render
-from tree.ability_tree import AbilityTree
+from tree.ability_tree import SEP, AbilityTree
+from tree.propose import ProposeConfig, clean_name, name_problem
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,10 @@ class DiagnoseConfig:
     min_words: int = 3
     max_new_tokens: int = 128  # room for max_diagnoses lines of max_words words
     max_question_chars: int = 400  # longer stems are cut in the prompt: short prompts keep a batch fast
+    max_new_children: int = 4  # child abilities the diagnoses may add per call, whole tree (0: never)
+    min_misses_for_child: int = 2  # a node needs this many misses before it is asked for a sub-topic
+    max_child_depth: int = 4  # no new child deeper than this (root = 0)
+    max_subtopic_words: int = 4
 
     def __post_init__(self) -> None:
         if self.max_diagnoses < 1:
@@ -50,6 +62,8 @@ class DiagnoseConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_question_chars < 20:
             raise ValueError(f"max_question_chars must be >= 20, got {self.max_question_chars}")
+        if self.max_new_children < 0 or self.min_misses_for_child < 1 or self.max_child_depth < 1 or self.max_subtopic_words < 1:
+            raise ValueError("max_new_children must be >= 0; min_misses_for_child, max_child_depth and max_subtopic_words >= 1")
 
 
 def _clip(text: str, limit: int) -> str:
@@ -77,6 +91,18 @@ def _is_diagnosis(line: str, config: DiagnoseConfig) -> bool:
     return len({w.casefold() for w in words}) >= 0.5 * len(words)
 
 
+_SUBTOPIC = re.compile(r"^\W*sub-?\s?topic\W*:\s*(.*)$", re.IGNORECASE)
+
+
+def parse_subtopic(text: Any) -> str | None:
+    """The name on the reply's "Sub-topic:" line (the last one if several), cleaned; None without one."""
+    if not isinstance(text, str):
+        return None
+    found = [m.group(1) for line in text.splitlines() if (m := _SUBTOPIC.match(line.strip()))]
+    name = clean_name(found[-1]) if found else ""
+    return name or None
+
+
 def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str]:
     """Diagnoses from a teacher reply; never raises, returns [] for anything unusable.
 
@@ -86,7 +112,7 @@ def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str
     config = config or DiagnoseConfig()
     if not isinstance(text, str) or not text.strip():
         return []
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in text.splitlines() if ln.strip() and not _SUBTOPIC.match(ln.strip())]
     bulleted = [ln for ln in lines if _BULLET.match(ln)]
     if bulleted:
         candidates = bulleted
@@ -102,7 +128,8 @@ def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str
     return list(out.values())[: config.max_diagnoses]
 
 
-def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem], config: DiagnoseConfig) -> str:
+def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem], config: DiagnoseConfig,
+                     ask_subtopic: bool = False) -> str:
     info = tree.info(node)
     return render(
         "diagnose_errors",
@@ -115,6 +142,8 @@ def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem],
         ],
         max_diagnoses=config.max_diagnoses,
         max_words=config.max_words,
+        ask_subtopic=ask_subtopic,
+        max_subtopic_words=config.max_subtopic_words,
     )
 
 
@@ -140,20 +169,50 @@ def diagnose(
         if missed:
             missed_by_node.setdefault(tree.resolve(node), []).extend(missed)
     nodes = list(missed_by_node)
+    n_missed = {n: len(m) for n, m in missed_by_node.items()}
     missed_by_node = {n: m[:max_per_node] for n, m in missed_by_node.items()}
     if not nodes:
         return {}
-    prompts = [[{"role": "user", "content": diagnosis_prompt(tree, n, missed_by_node[n], config)}] for n in nodes]
+    ask = {n: config.max_new_children > 0 and n_missed[n] >= config.min_misses_for_child and tree.depth(n) < config.max_child_depth
+           for n in nodes}
+    prompts = [[{"role": "user", "content": diagnosis_prompt(tree, n, missed_by_node[n], config, ask[n])}] for n in nodes]
     completions = engine.generate(prompts, SamplingParams(max_new_tokens=config.max_new_tokens, temperature=0.0))
     if len(completions) != len(prompts):
         raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(prompts)} prompts")
     result: dict[str, list[str]] = {}
+    subtopics: list[tuple[str, str]] = []
     for node, completion in zip(nodes, completions):
-        found = parse_diagnoses(getattr(completion, "text", None), config)
+        text = getattr(completion, "text", None)
+        found = parse_diagnoses(text, config)
         result[node] = found
         if found:
             tree.set_diagnoses(node, found)
         else:
-            logger.info("no usable diagnosis for %s (reply: %.80r)", node, getattr(completion, "text", None))
-    logger.info("diagnosed %d of %d nodes", sum(1 for d in result.values() if d), len(nodes))
+            logger.info("no usable diagnosis for %s (reply: %.80r)", node, text)
+        if ask[node] and (name := parse_subtopic(text)):
+            subtopics.append((node, name))
+    added = grow_children(tree, subtopics, n_missed, config)
+    logger.info("diagnosed %d of %d nodes; %d child abilit%s added", sum(1 for d in result.values() if d), len(nodes),
+                len(added), "y" if len(added) == 1 else "ies")
     return result
+
+
+def grow_children(tree: AbilityTree, subtopics: Sequence[tuple[str, str]], n_missed: Mapping[str, int],
+                  config: DiagnoseConfig) -> list[str]:
+    """Add the acceptable ``(node, sub-topic name)`` pairs as children, most-missed nodes first, within the
+    bounds of ``config``; returns the new node ids. Refused names are logged with the reason."""
+    names = ProposeConfig(max_name_words=config.max_subtopic_words)
+    added: list[str] = []
+    for node, name in sorted(subtopics, key=lambda p: (-n_missed.get(p[0], 0), p[0])):
+        if len(added) >= config.max_new_children:
+            logger.info("sub-topic %r of %s not added: max_new_children=%d reached", name, node, config.max_new_children)
+            continue
+        avoid = [tree.info(a)["name"] for a in [*tree.ancestors(node), node]]
+        siblings = [tree.info(c)["name"] for c in tree.children(node)]
+        problem = name_problem(name, names, avoid=avoid, siblings=siblings)
+        if problem:
+            logger.info("sub-topic %r of %s not added: %s", name, node, problem)
+            continue
+        diagnoses = tree.info(node)["diagnoses"]
+        added.append(tree.add_ability([*node.split(SEP), name], diagnoses[0] if diagnoses else ""))
+    return added

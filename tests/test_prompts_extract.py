@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.extract import extract_answer
+from prompts.extract import extract_answer
 
 OPTIONS = {"A": "Insulinoma", "B": "Factitious disorder", "C": "Insulin", "D": "Somatization disorder"}
 
