@@ -103,6 +103,7 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     """Save into a temporary sibling folder, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the finished folder is read by other users and servers
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -62,3 +62,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 def test_source_of_item():
     assert MCQItem(**_item(meta_info="mmlu:anatomy")).source == "mmlu"
     assert MCQItem(**_item(id="medqa-12")).source == "medqa"
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+
+    from data.records import atomic_write_text, usual_mode
+
+    path = atomic_write_text(tmp_path / "x.txt", "hello")
+    assert path.stat().st_mode & 0o777 == usual_mode() and usual_mode() & 0o400
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert plain.stat().st_mode & 0o777 == path.stat().st_mode & 0o777
+    assert os.access(path, os.R_OK)

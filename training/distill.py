@@ -108,6 +108,7 @@ def distill(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the finished folder is read by other users and servers
     try:
         metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
                                    "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,
