@@ -37,7 +37,7 @@ class LoopConfig:
     probe_size: int = field(default=96, metadata={"help": "Seed-pool items the student answers each iteration to find its weak nodes."})
     eval_size: int = field(default=0, metadata={"help": "Eval-set items scored each iteration (0 = all of the domain's eval files)."})
     tree: str = field(default="", metadata={"help": "Ability tree JSON to start from (e.g. from python -m tree init); items' ability paths are added to it. Default: a tree built from the paths alone."})
-    classify: bool = field(default=False, metadata={"help": "Place seed and eval items that have no ability path into the tree with the teacher (once per run; ~3.5 min for the 503 clinical items with SmolLM2 on CPU, which places them barely above chance: see benchmarks/bench_classify.py). Off: they sit under their source's node."})
+    classify: bool = field(default=False, metadata={"help": "Place seed and eval items that have no ability path into the tree with the teacher (once per run; ~4 min for the 503 clinical items with SmolLM2 on CPU, which places them barely above chance: see benchmarks/bench_classify.py). Off: they sit under their source's node."})
     budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes."})
     allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
     exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
