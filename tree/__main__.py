@@ -131,7 +131,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--engine", default="auto", help="backend for local models: auto, transformers, vllm")
     build.add_argument("-o", "--output", type=Path, required=True, help="tree JSON to write")
     build.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    rec = sub.add_parser("record", help="store graded replies (python -m eval --out) as one iteration of a tree")
+    rec = sub.add_parser("record", help="store graded replies (python -m eval mcq --out DIR writes them) as one iteration of a tree")
     rec.add_argument("path", type=Path, help="tree JSON file to update")
     rec.add_argument("--replies", type=Path, required=True, help="replies.jsonl with id and correct per item")
     rec.add_argument("--data", type=Path, nargs="+", required=True, help="the MCQ files the replies answer")
