@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.context import LoopContext
 from agents.state import LoopState
-from data.records import DataError, GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
+from data.records import GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ def _initial_tree(ctx: LoopContext):
     from tree import AbilityTree
     from tree.build import build_tree
 
-    base = AbilityTree.load(ctx.config.tree) if ctx.config.tree else None
-    if base is not None and base.root.casefold() != ctx.domain.root.casefold():
-        raise DataError(f"{ctx.config.tree}: the tree's root {base.root!r} is not the domain's root {ctx.domain.root!r}")
+    base = AbilityTree.load(ctx.config.tree) if ctx.config.tree else None  # its root was checked at start-up
     engine = ctx.engines.get(ctx.config.teacher) if ctx.config.classify else None
     result = build_tree([*ctx.seed_items, *ctx.eval_items], root=ctx.domain.root, base=base, engine=engine)
     result.tree.save(ctx.run.initial_tree)

@@ -3,7 +3,8 @@
 Rules, first match wins:
 1. an explicit statement: "Answer: C", "The answer is (C)", "the correct option is C", "**Answer:** C";
    if explicit statements name different letters the answer is ambiguous (None);
-2. the reply starts with a bare letter: "C", "C.", "(C)", "C) Insulinoma", "C: ...";
+2. the reply starts with a bare letter: "C", "C.", "(C)", "C) Insulinoma", "C: ...", unless it copies
+   the lettered option list back (lines "A. ...", "B. ...": it commits to nothing);
 3. the text of exactly one option appears in the reply (an option whose text is contained in another
    matched option's text does not count, so "Insulin" does not compete with "Insulinoma").
 Only letters that are options of the item count.
@@ -22,6 +23,7 @@ _EXPLICIT = re.compile(
     r"[(\[]?([A-Z])[)\]]?(?![A-Za-z])",
     re.IGNORECASE,
 )
+_LIST_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
 _LEADING = re.compile(r"^\s*[(\[]?([A-Z])(?:\s*$|[)\].:,]|\s*[)\]])")
 
 
@@ -44,6 +46,8 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     explicit = [m.group(1) for m in _EXPLICIT.finditer(plain) if m.group(1).isupper() and m.group(1) in letters]
     if explicit:
         return explicit[0] if len(set(explicit)) == 1 else None
+    if len({m.group(1) for m in _LIST_LINE.finditer(plain)}) > 1:
+        return None  # the option list copied back
     lead = _LEADING.match(plain)
     if lead and lead.group(1) in letters:
         return lead.group(1)

@@ -34,6 +34,9 @@ OPTIONS = {"A": "Insulinoma", "B": "Factitious disorder", "C": "Insulin", "D": "
         ("the answer is a tumour", None),
         ("", None),
         ("blah blah", None),
+        ("A. Insulinoma\nB. Factitious disorder\nC. Insulin", None),  # the options copied back
+        ("A. Insulinoma\nB. Factitious disorder\nAnswer: B", "B"),  # ... then an explicit answer
+        ("A. Insulinoma", "A"),
     ],
 )
 def test_extraction_table(text, expected):

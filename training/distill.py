@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.records import DataError, MCQItem, atomic_write_json
+from data.records import DataError, MCQItem, atomic_write_json, usual_mode
 from engines.smollm2 import ModelNotFoundError
 from training.kd_config import KDConfig
 from training.mcq_data import build_dataset, read_training_items
@@ -108,7 +108,7 @@ def distill(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; the finished folder is read by other users and servers
+    tmp.chmod(usual_mode(directory=True))  # mkdtemp makes 0700; the finished folder is read by other users and servers
     try:
         metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
                                    "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,

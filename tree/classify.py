@@ -19,7 +19,6 @@ source benchmark's node).
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -33,7 +32,6 @@ from tree.ability_tree import AbilityTree
 logger = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_LIST_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
 NONE_OF_THESE = "none of these (a more general question)"
 
 
@@ -89,9 +87,7 @@ def generation_params(config: ClassifyConfig) -> SamplingParams:
 
 def read_topic(text: str, tree: AbilityTree, node: str) -> str | None:
     """The letter a generated reply commits to among ``node``'s listed topics (names as option texts);
-    None when it names none or several (strict: see prompts.extract)."""
-    if not isinstance(text, str) or len({m.group(1) for m in _LIST_LINE.finditer(text)}) > 1:
-        return None  # the reply copies the lettered list back: it commits to nothing
+    None when it names none or several, or copies the list back (strict: see prompts.extract)."""
     children = _sorted_children(tree, node)
     options = {LETTERS[i]: tree.info(c)["name"] for i, c in enumerate(children)}
     options[LETTERS[len(children)]] = NONE_OF_THESE
