@@ -29,7 +29,7 @@ class LoopConfig:
     iterations: int = field(default=1, metadata={"help": "Loop iterations (infer → … → evaluate)."})
     teacher: str = field(default="smollm2", metadata={"help": "Teacher model spec: smollm2, hf:PATH, vllm:PATH, openai:URL#MODEL."})
     student: str = field(default="smollm2?layers=15", metadata={"help": "Student model spec; smollm2?layers=N keeps N evenly spaced teacher layers."})
-    solver: str = field(default="", metadata={"help": "Blind-solver agent model spec (default: the teacher)."})
+    solver: str = field(default="", metadata={"help": "Blind-solver agent model spec, or several separated by commas (e.g. of different families; their votes are pooled). Default: the teacher."})
     critic: str = field(default="", metadata={"help": "Critic agent model spec (default: the teacher)."})
     engine: str = field(default="auto", metadata={"help": "Inference engine for local models: auto (vLLM on CUDA, else transformers), transformers, vllm."})
     threads: int = field(default=0, metadata={"help": "CPU threads for the transformers engine; 0 chooses by how busy the machine is."})
@@ -42,6 +42,8 @@ class LoopConfig:
     allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
     exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
+    solver_samples: int = field(default=1, metadata={"help": "Times each solver model answers an item, the options in another order each time (one vote each)."})
+    solver_min_votes: int = field(default=0, metadata={"help": "Solver votes for the key an item needs (k of n = solver samples x solver models); 0 = all of them."})
     replay: int = field(default=32, metadata={"help": "Seed-pool items (weakest nodes first, never probe or eval items) mixed into each training set."})
     top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
     alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE."})
@@ -60,6 +62,9 @@ class LoopConfig:
             (self.eval_size >= 0, "eval_size must be >= 0"),
             (self.budget >= 1, "budget must be >= 1"),
             (self.exemplars >= 1, "exemplars must be >= 1"),
+            (1 <= self.solver_samples <= 26, "solver_samples must be in [1, 26]"),
+            (0 <= self.solver_min_votes <= self.solver_samples * len(self.solver_specs), "solver_min_votes must be in [0, solver_samples x number of solver models]"),
+            (all(self.solver_specs), "solver lists an empty model spec"),
             (self.replay >= 0, "replay must be >= 0"),
             (self.top_k >= 1, "top_k must be >= 1"),
             (0.0 <= self.alpha <= 1.0, "alpha must be in [0, 1]"),
@@ -78,8 +83,9 @@ class LoopConfig:
                 raise ValueError(message)
 
     @property
-    def solver_spec(self) -> str:
-        return self.solver or self.teacher
+    def solver_specs(self) -> list[str]:
+        """The solver models: the comma-separated --solver specs, else the teacher."""
+        return [spec.strip() for spec in self.solver.split(",")] if self.solver else [self.teacher]
 
     @property
     def critic_spec(self) -> str:

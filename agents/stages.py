@@ -140,7 +140,8 @@ def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.generate import NodeBrief, SynthConfig, generate_items
+    from data.generate import SynthConfig, generate_items
+    from data.targets import node_briefs, node_exemplars
     from tree import AbilityTree
     from tree.allocate import AllocationConfig, allocate
 
@@ -148,45 +149,14 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
     alloc = allocate(tree, c.budget, it, AllocationConfig(strategy=c.allocation, seed=c.seed + it))
     atomic_write_json(out / "allocation.json", alloc)
-    by_node: dict[str, list[MCQItem]] = defaultdict(list)
-    for item in ctx.seed_items:
-        by_node[tree.node_of(item)].append(item)
     targets = [node for node, count in alloc.items() if count > 0]
-    briefs = {
-        node: NodeBrief(
-            node_id=node,
-            name=tree.info(node)["name"],
-            description=tree.info(node).get("description", ""),
-            diagnoses=tuple(tree.info(node).get("diagnoses", [])),
-            path=tuple(node.split("/")),
-        )
-        for node in targets
-    }
-    exemplars = {node: _exemplars(by_node, tree, node, c.exemplars * 4, c.seed + it) for node in targets}
-    teacher = ctx.engines.get(c.teacher)
-    # Engines that enforce the JSON schema write the whole object; the others get its first characters.
-    prefill = not getattr(teacher, "enforces_json_schema", False)
-    synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root, prefill=prefill)
-    result = generate_items(teacher, alloc, briefs, exemplars, synth, iteration=it)
+    exemplars = node_exemplars(tree, ctx.seed_items, targets, c.exemplars * 4, c.seed + it)
+    synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
+    result = generate_items(ctx.engines.get(c.teacher), alloc, node_briefs(tree, targets), exemplars, synth, iteration=it)
     write_jsonl(out / "candidates.jsonl", result.items)
     write_jsonl(out / "unparsed.jsonl", result.rejected)
     atomic_write_json(out / "report.json", result.report)
     return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.items), "failed_attempts": len(result.rejected), "nodes": len(targets)}
-
-
-def _exemplars(by_node: dict[str, list[MCQItem]], tree, node: str, k: int, seed: int) -> list[MCQItem]:
-    """Seed items of the node itself, else of its subtree, else of its siblings."""
-    pool = list(by_node.get(node, []))
-    if len(pool) < k:
-        for desc in tree.descendants(node):
-            pool += by_node.get(desc, [])
-    if len(pool) < k:
-        parent = tree.parent(node)
-        if parent is not None:
-            for desc in tree.descendants(parent):
-                pool += by_node.get(desc, [])
-    unique = {i.id: i for i in pool}
-    return random.Random(seed).sample(sorted(unique.values(), key=lambda i: i.id), min(k, len(unique)))
 
 
 # --------------------------------------------------------------------------------------- validate
@@ -194,7 +164,8 @@ def _exemplars(by_node: dict[str, list[MCQItem]], tree, node: str, k: int, seed:
 
 def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     c = ctx.config
-    values = {"solver": c.solver_spec, "critic": c.critic_spec, "acceptance": c.acceptance, "seed": c.seed}
+    values = {"solver": c.solver_specs, "critic": c.critic_spec, "acceptance": c.acceptance, "seed": c.seed,
+              "solver_samples": c.solver_samples, "solver_min_votes": c.solver_min_votes}
     return values, [ctx.run.stage(state["iteration"], "generate") / "candidates.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
 
 
@@ -204,18 +175,18 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     it, c = state["iteration"], ctx.config
     gen = ctx.run.stage(it, "generate")
     candidates = read_jsonl(gen / "candidates.jsonl", GeneratedItem)
-    critic = ctx.engines.get(c.critic_spec)
     result = validate_items(
         candidates,
-        solver=ctx.engines.get(c.solver_spec),
-        critic=critic,
+        solver=[ctx.engines.get(spec) for spec in c.solver_specs],
+        critic=ctx.engines.get(c.critic_spec),
         seed_pool=ctx.seed_items,
         eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
         config=ValidationConfig(
             acceptance=c.acceptance,
             seed=c.seed + it,
             domain=ctx.domain.root,
-            critic_prefill=not getattr(critic, "enforces_json_schema", False),
+            solver_samples=c.solver_samples,
+            solver_min_votes=c.solver_min_votes,
         ),
     )
     # Requests whose every generation attempt failed to parse are rejected items too (last attempt kept).

@@ -5,10 +5,16 @@ are not letters or digits becomes one space), so punctuation, case and spacing n
 
 * Exact duplicate: the same normalised question and the same set of normalised option texts (option
   order and letters do not matter, so a shuffled copy is still a copy).
-* Near duplicate: Jaccard similarity of the sets of word n-grams (default 3-grams) of question +
-  options text >= a threshold (default 0.7). Texts shorter than n words use their word set. Candidates
-  are found through an inverted index on n-grams, so a query touches only items that share one; a
-  MinHash index can replace it behind the same ``add`` / ``query`` methods for large pools.
+* Near duplicate, one of two metrics on the question followed by the option texts in sorted order (so
+  reordering the options changes nothing):
+  - ``rouge_l`` (default): ROUGE-L F1, from the longest common subsequence of words, >= 0.7 (the
+    Self-Instruct filter). It catches the commonest copy of small teachers: the exemplar with a few
+    words changed, which breaks many n-grams but few words of the common subsequence. Only pool items
+    whose shared-word count could reach the threshold (an upper bound of the LCS) are compared, and the
+    LCS is computed bit-parallel, so a query against a pool of thousands takes milliseconds.
+  - ``jaccard``: Jaccard similarity of the sets of word n-grams (default 3-grams) >= the threshold;
+    texts shorter than n words use their word set. What MinHash estimates; exact here, through an
+    inverted index on n-grams.
 * Contamination: an item shares at least one word 13-gram with an evaluation item (question + options),
   or, for texts shorter than 13 words, has exactly the same normalised text.
 """
@@ -18,9 +24,9 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from data.records import MCQItem
 
@@ -69,31 +75,77 @@ class Match:
     score: float
 
 
-class DuplicateIndex:
-    """Exact keys plus an inverted n-gram index for near-duplicate queries."""
+METRICS = ("rouge_l", "jaccard")
 
-    def __init__(self, n: int = 3, threshold: float = 0.7) -> None:
+
+def similarity_tokens(question: str, options: Mapping[str, str]) -> list[str]:
+    """Words of the question, then of the option texts in sorted order (option order does not matter)."""
+    return word_tokens(question) + [w for text in sorted(normalize_text(t) for t in options.values()) for w in text.split()]
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists (bit-parallel, O(len(b)) big-int steps)."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & masks.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def rouge_l(a: Sequence[str], b: Sequence[str]) -> float:
+    """ROUGE-L F1 of two token lists (symmetric)."""
+    if not a or not b:
+        return 1.0 if not a and not b else 0.0
+    lcs = lcs_length(a, b)
+    return 2.0 * lcs / (len(a) + len(b))
+
+
+class DuplicateIndex:
+    """Exact keys plus a near-duplicate index (ROUGE-L or n-gram Jaccard, see the module docstring)."""
+
+    def __init__(self, n: int = 3, threshold: float = 0.7, metric: str = "rouge_l") -> None:
         if n < 1:
             raise ValueError(f"n-gram size must be >= 1, got {n}")
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        if metric not in METRICS:
+            raise ValueError(f"near-duplicate metric must be one of {', '.join(METRICS)}, got {metric!r}")
         self.n = n
         self.threshold = threshold
+        self.metric = metric
         self._exact: dict[str, str] = {}
         self._grams: dict[str, set[tuple[str, ...]]] = {}
-        self._postings: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        self._tokens: dict[str, list[str]] = {}
+        self._counts: dict[str, Counter[str]] = {}
+        self._postings: dict[Any, list[str]] = defaultdict(list)
 
     def __len__(self) -> int:
-        return len(self._grams)
+        return len(self._grams) if self.metric == "jaccard" else len(self._tokens)
+
+    def describe(self) -> str:
+        """How similarity is measured, for rejection reasons: "ROUGE-L" or "3-gram Jaccard"."""
+        return "ROUGE-L" if self.metric == "rouge_l" else f"{self.n}-gram Jaccard"
 
     def add(self, item_id: str, question: str, options: Mapping[str, str]) -> None:
         self._exact.setdefault(exact_key(question, options), item_id)
-        grams = ngrams(word_tokens(item_text(question, options)), self.n)
-        self._grams[item_id] = grams
-        for g in grams:
-            self._postings[g].append(item_id)
+        tokens = similarity_tokens(question, options)
+        if self.metric == "jaccard":
+            keys: set[Any] = ngrams(tokens, self.n)
+            self._grams[item_id] = keys
+        else:
+            self._tokens[item_id] = tokens
+            self._counts[item_id] = Counter(tokens)
+            keys = set(tokens)
+        for key in keys:
+            self._postings[key].append(item_id)
 
-    def add_items(self, items: list[MCQItem]) -> None:
+    def add_items(self, items: Sequence[MCQItem]) -> None:
         for item in items:
             self.add(item.id, item.question, item.options)
 
@@ -103,17 +155,36 @@ class DuplicateIndex:
 
     def nearest(self, question: str, options: Mapping[str, str]) -> Match | None:
         """The most similar indexed item at or above the threshold (ties: the first added)."""
-        grams = ngrams(word_tokens(item_text(question, options)), self.n)
+        tokens = similarity_tokens(question, options)
+        scores = self._jaccard_scores(tokens) if self.metric == "jaccard" else self._rouge_scores(tokens)
+        best: Match | None = None
+        for other, score in scores:
+            if score >= self.threshold and (best is None or score > best.score):
+                best = Match(other, score)
+        return best
+
+    def _jaccard_scores(self, tokens: list[str]) -> Iterator[tuple[str, float]]:
+        grams = ngrams(tokens, self.n)
         shared: dict[str, int] = defaultdict(int)
         for g in grams:
             for other in self._postings.get(g, ()):
                 shared[other] += 1
-        best: Match | None = None
         for other, inter in shared.items():
-            score = inter / (len(grams) + len(self._grams[other]) - inter)
-            if score >= self.threshold and (best is None or score > best.score):
-                best = Match(other, score)
-        return best
+            yield other, inter / (len(grams) + len(self._grams[other]) - inter)
+
+    def _rouge_scores(self, tokens: list[str]) -> Iterator[tuple[str, float]]:
+        counts = Counter(tokens)
+        seen: set[str] = set()
+        for token in counts:
+            for other in self._postings.get(token, ()):
+                if other in seen:
+                    continue
+                seen.add(other)
+                # The LCS cannot exceed the shared word count: skip pairs that cannot reach the threshold.
+                shared = sum((counts & self._counts[other]).values())
+                if 2.0 * shared / (len(tokens) + len(self._tokens[other])) < self.threshold:
+                    continue
+                yield other, rouge_l(tokens, self._tokens[other])
 
 
 class ContaminationIndex:

@@ -8,9 +8,10 @@ and the raw text), which is how the loop learns how often its teacher fails.
 
 The prompt (prompts/generate_mcq.j2) shows one seed exemplar of the node as a filled-in JSON example
 and the node's diagnoses (what the student gets wrong there). By default the assistant reply is
-started with ``{"question": "`` (``prefill``): measured on SmolLM2-135M-Instruct this is what makes it
-write the JSON at all. Engines that enforce ``SamplingParams.json_schema`` (vLLM) need no prefill; the
-parser accepts their complete object either way (prompts.parse.parse_completion).
+started with ``{"question": "`` (``prefill``) on engines that do not enforce the JSON schema: measured on
+SmolLM2-135M-Instruct this is what makes it write the JSON at all. Engines that enforce
+``SamplingParams.json_schema`` (vLLM; transformers with xgrammar, engines.grammar) get no prefill and
+write the whole object; the parser accepts it either way (prompts.parse.parse_completion).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -61,7 +62,7 @@ class SynthConfig:
     # asking for an explanation cut valid items from 5/16 to 3/16, the model rambling in it until
     # max_new_tokens. Turn it on for stronger teachers; the parser accepts the field either way.
     explanation: bool = field(default=False, metadata={"help": "Ask for an 'explanation' field in the teacher's JSON."})
-    prefill: bool = field(default=True, metadata={"help": "Start the reply with '{\"question\": \"' (for engines without structured decoding)."})
+    prefill: bool = field(default=True, metadata={"help": "Start the reply with '{\"question\": \"' on engines that do not enforce the JSON schema."})
     domain: str = field(default="", metadata={"help": "Domain name shown in the prompt, e.g. 'clinical medicine'."})
 
     def __post_init__(self) -> None:
@@ -231,6 +232,8 @@ def generate_items(
 ) -> GenerationResult:
     """Ask the teacher for ``allocation[node]`` items per node; one batched call per round."""
     config = config or SynthConfig()
+    if config.prefill and getattr(engine, "enforces_json_schema", False):
+        config = replace(config, prefill=False)  # the engine writes the whole object; a prefill would repeat
     requests = plan_requests(allocation, nodes, exemplars, config, iteration)
     items: dict[str, GeneratedItem] = {}
     rejected: list[dict[str, Any]] = []

@@ -7,18 +7,28 @@ gate as ``stage`` with a one-line ``reason``:
    non-empty question and option texts, distinct option texts (after normalisation), unique id.
 2. ``duplicate``: the same normalised question and option set as a seed-pool item or an earlier
    surviving item of this batch (data.dedup.exact_key).
-3. ``near_duplicate``: word n-gram Jaccard >= ``near_dup_threshold`` (default 3-grams, 0.7) with a
-   seed-pool item or an earlier surviving item of this batch.
+3. ``near_duplicate``: ROUGE-L F1 (or word n-gram Jaccard, ``near_dup_metric``) >= ``near_dup_threshold``
+   (default 0.7) with a seed-pool item or an earlier surviving item of this batch.
 4. ``contamination``: shares a word 13-gram with any evaluation item (question + options text).
-5. ``solver`` / ``critic``: the agents, run only on the survivors, each in ONE batched engine call.
-   The solver answers blind (no key, no explanation) with the options shuffled deterministically per
-   item and seed, through prompts.mcq (the evaluation format); its pick is mapped back to the original
-   letters. The critic sees the key and replies with JSON {"verdict", "reason"} (prompts/critique_mcq.j2).
+5. ``solver`` / ``critic``: the agents, run only on the survivors, each model in ONE batched engine call.
+   The solver answers blind (no key, no explanation) through prompts.mcq (the evaluation format), by
+   the option letters' log-probs, with the options shuffled: small models favour positions. Each
+   solver model sees every item ``solver_samples`` times, in rotations of one shuffle (with as many
+   samples as options, every option is shown once at every position), and every presentation is a
+   vote; an item passes the solver when at least ``solver_min_votes`` votes (default: all of them)
+   pick the key. Several solver models (``solver=[...]``, e.g. of different families) pool their votes.
+   The critic sees the key and replies with JSON {"verdict", "reason"} (prompts/critique_mcq.j2).
    ``acceptance`` decides which agents must agree: ``both`` (default), ``solver`` or ``critic``; only
    the agents a rule needs are run. When both are required and both object, the stage is ``solver``.
+   So the rules of the design are: both agree with the key (``both``); solver only; critic only;
+   k-of-n solver samples (``solver``, ``solver_samples=n``, ``solver_min_votes=k``); several solvers of
+   different families (``solver=[a, b]``, ``solver_min_votes`` of their pooled votes).
 
 An unparseable critic reply is a defined outcome: ``critic_unparseable="reject"`` (default) rejects
 with reason "critic output unparseable: ..."; ``"accept"`` lets the solver decide alone.
+
+Accepted items then have their answer positions evened out (data.positions, ``rebalance``): the report
+gives the key-letter counts and a χ² test against uniform before and after.
 """
 
 from __future__ import annotations
@@ -26,14 +36,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from data.dedup import ContaminationIndex, DuplicateIndex, normalize_text
+from data.dedup import METRICS, ContaminationIndex, DuplicateIndex, normalize_text
+from data.positions import answer_balance, is_position_bound, rebalance_answers
 from data.records import GeneratedItem, MCQItem, first_error
 from engines.base import Engine, SamplingParams
 from prompts import render
@@ -60,14 +70,18 @@ class ValidationConfig:
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept: both, solver or critic."})
     min_options: int = field(default=4, metadata={"help": "Fewest options an item may have."})
     max_options: int = field(default=5, metadata={"help": "Most options an item may have."})
-    near_dup_ngram: int = field(default=3, metadata={"help": "Word n-gram size of the near-duplicate Jaccard."})
-    near_dup_threshold: float = field(default=0.7, metadata={"help": "Jaccard at or above which two items are near duplicates."})
+    near_dup_metric: str = field(default="rouge_l", metadata={"help": "Near-duplicate similarity: rouge_l (ROUGE-L F1 of the words) or jaccard (word n-gram Jaccard)."})
+    near_dup_ngram: int = field(default=3, metadata={"help": "Word n-gram size of the jaccard metric."})
+    near_dup_threshold: float = field(default=0.7, metadata={"help": "Similarity at or above which two items are near duplicates."})
     contamination_ngram: int = field(default=13, metadata={"help": "Shared word n-gram length that marks an item contaminated."})
-    seed: int = field(default=0, metadata={"help": "Seed of the solver's option shuffle and the critic's sampling."})
+    solver_samples: int = field(default=1, metadata={"help": "Presentations of each item per solver model, each with the options in another order; each is a vote."})
+    solver_min_votes: int = field(default=0, metadata={"help": "Votes for the key an item needs to pass the solver (0 = all votes of all solver models)."})
+    rebalance: bool = field(default=True, metadata={"help": "Even out the answer letters of accepted items (items whose options refer to other options stay as they are)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the solver's option shuffles, the critic's sampling and the rebalancing."})
     critic_unparseable: str = field(default="reject", metadata={"help": "What an unparseable critic reply means: reject or accept."})
     critic_max_new_tokens: int = field(default=96, metadata={"help": "Token budget of one critic reply."})
     critic_temperature: float = field(default=0.0, metadata={"help": "Critic sampling temperature (0 = greedy)."})
-    critic_prefill: bool = field(default=True, metadata={"help": "Start the critic's reply with '{\"verdict\": \"' (engines without structured decoding)."})
+    critic_prefill: bool = field(default=True, metadata={"help": "Start the critic's reply with '{\"verdict\": \"' on engines that do not enforce the JSON schema."})
     domain: str = field(default="", metadata={"help": "Domain name shown to the critic."})
 
     def __post_init__(self) -> None:
@@ -75,6 +89,12 @@ class ValidationConfig:
             raise ValueError(f"acceptance must be one of {', '.join(ACCEPTANCE_RULES)}, got {self.acceptance!r}")
         if not 2 <= self.min_options <= self.max_options <= 26:
             raise ValueError(f"need 2 <= min_options <= max_options <= 26, got {self.min_options}, {self.max_options}")
+        if self.near_dup_metric not in METRICS:
+            raise ValueError(f"near_dup_metric must be one of {', '.join(METRICS)}, got {self.near_dup_metric!r}")
+        if not 1 <= self.solver_samples <= 26:
+            raise ValueError(f"solver_samples must be in [1, 26], got {self.solver_samples}")
+        if self.solver_min_votes < 0:
+            raise ValueError(f"solver_min_votes must be >= 0, got {self.solver_min_votes}")
         if self.near_dup_ngram < 1 or self.contamination_ngram < 1:
             raise ValueError("n-gram sizes must be >= 1")
         if not 0.0 < self.near_dup_threshold <= 1.0:
@@ -92,10 +112,16 @@ class ValidationConfig:
 
 
 @dataclass
-class SolverOutcome:
-    pick: str  # the solver's answer, in the item's original letters
-    prob_key: float  # solver's probability of the key, normalised over the item's letters
+class SolverVote:
+    """One blind answer: which model, what it picked, and in what order it saw the options."""
+
+    solver: str  # the solver engine's name
+    pick: str  # the answer, in the item's original letters
+    prob_key: float  # the solver's probability of the key, normalised over the item's letters
     shown_order: list[str]  # original letters in the order the solver saw them
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"solver": self.solver, "pick": self.pick, "prob_key": round(self.prob_key, 4), "order": "".join(self.shown_order)}
 
 
 @dataclass
@@ -117,44 +143,66 @@ class ValidationResult:
 # -------------------------------------------------------------------------------------- the solver
 
 
-def shuffle_options(options: Mapping[str, str], key: str) -> tuple[dict[str, str], list[str]]:
-    """Shuffle options deterministically for ``key`` (item id and seed).
+def shuffle_options(options: Mapping[str, str], key: str, rotation: int = 0) -> tuple[dict[str, str], list[str]]:
+    """Shuffle options deterministically for ``key`` (item id and seed), then rotate by ``rotation``.
 
     Returns the shown options (letters A.. in order) and ``order``: ``order[i]`` is the original letter
     shown at position i, so a pick ``shown`` maps back to ``order[ord(shown) - ord("A")]``.
     """
     order = list(options)
     random.Random(key).shuffle(order)  # str seeds hash with SHA-512: stable across runs and machines
+    r = rotation % len(order)
+    order = order[r:] + order[:r]
     shown = {chr(ord("A") + i): options[orig] for i, orig in enumerate(order)}
     return shown, order
 
 
-def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0) -> list[SolverOutcome]:
-    """Answer every item without its key, in ONE ``choice_logprobs`` call over the widest letter set."""
+def presentations(item: MCQItem, seed: int, samples: int) -> list[tuple[dict[str, str], list[str]]]:
+    """The ``samples`` orders the solver sees an item in: rotations of one shuffle, then a new shuffle
+    after every ``len(options)`` samples (so up to that many, each option is shown at distinct positions)."""
+    n = len(item.options)
+    return [shuffle_options(item.options, f"{seed}:{s // n}:{item.id}", s % n) for s in range(samples)]
+
+
+def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples: int = 1) -> list[list[SolverVote]]:
+    """Answer every item ``samples`` times without its key, in ONE ``choice_logprobs`` call.
+
+    Returns one list of votes per item, in presentation order.
+    """
     if not items:
         return []
-    shuffled = [shuffle_options(it.options, f"{seed}:{it.id}") for it in items]
-    prompts = [mcq_messages(it.question, shown) for it, (shown, _) in zip(items, shuffled)]
+    shown_all = [presentations(it, seed, samples) for it in items]
+    prompts = [mcq_messages(it.question, shown) for it, pres in zip(items, shown_all) for shown, _ in pres]
     letters = [chr(ord("A") + i) for i in range(max(len(it.options) for it in items))]
-    scores = engine.choice_logprobs(prompts, letters)
-    outcomes = []
-    for item, (shown, order), row in zip(items, shuffled, scores):
-        own = list(shown)  # this item's letters; wider letters of the batch are ignored
-        logps = [row[letter] for letter in own]
-        top = max(logps)
-        probs = [math.exp(lp - top) for lp in logps]
-        total = sum(probs)
-        best = own[logps.index(top)]
-        pick = order[ord(best) - ord("A")]
-        prob_key = probs[order.index(item.answer_idx)] / total
-        outcomes.append(SolverOutcome(pick, prob_key, order))
-    return outcomes
+    scores = iter(engine.choice_logprobs(prompts, letters))
+    votes: list[list[SolverVote]] = []
+    for item, pres in zip(items, shown_all):
+        own_votes = []
+        for shown, order in pres:
+            row = next(scores)
+            own = list(shown)  # this item's letters; wider letters of the batch are ignored
+            logps = [row[letter] for letter in own]
+            top = max(logps)
+            probs = [math.exp(lp - top) for lp in logps]
+            best = own[logps.index(top)]
+            prob_key = probs[order.index(item.answer_idx)] / sum(probs)
+            own_votes.append(SolverVote(engine.name, order[ord(best) - ord("A")], prob_key, order))
+        votes.append(own_votes)
+    return votes
+
+
+def solver_verdict(votes: Sequence[SolverVote], key: str, min_votes: int) -> tuple[bool, int, int]:
+    """``(passes, votes for the key, votes)``; ``min_votes`` 0 means every vote must pick the key."""
+    for_key = sum(v.pick == key for v in votes)
+    needed = min_votes or len(votes)
+    return for_key >= needed, for_key, len(votes)
 
 
 # -------------------------------------------------------------------------------------- the critic
 
 
-def critic_messages(item: MCQItem, config: ValidationConfig) -> list[dict[str, str]]:
+def critic_messages(item: MCQItem, config: ValidationConfig, prefill: bool | None = None) -> list[dict[str, str]]:
+    """The critic's chat messages; ``prefill`` (default ``config.critic_prefill``) starts its reply."""
     user = render(
         "critique_mcq",
         question=item.question,
@@ -164,7 +212,7 @@ def critic_messages(item: MCQItem, config: ValidationConfig) -> list[dict[str, s
         domain=config.domain,
     )
     messages = [{"role": "user", "content": user}]
-    if config.critic_prefill:
+    if config.critic_prefill if prefill is None else prefill:
         messages.append({"role": "assistant", "content": config.critic_prefill_text})
     return messages
 
@@ -179,10 +227,12 @@ def critique(engine: Engine, items: Sequence[MCQItem], config: ValidationConfig)
         seed=config.seed,
         json_schema=critic_json_schema(),
     )
-    completions = engine.generate([critic_messages(it, config) for it in items], params)
+    # An engine that enforces the schema writes the whole object; a prefill would be written twice.
+    prefill = config.critic_prefill and not getattr(engine, "enforces_json_schema", False)
+    completions = engine.generate([critic_messages(it, config, prefill) for it in items], params)
     outcomes = []
     for completion in completions:
-        result = parse_completion(completion.text, CriticVerdict, config.critic_prefill_text)
+        result = parse_completion(completion.text, CriticVerdict, config.critic_prefill_text if prefill else "")
         if result.ok:
             outcomes.append(CriticOutcome(result.value.verdict == "accept", result.value.reason.strip(), True, result.raw))
         else:
@@ -220,26 +270,43 @@ def _reject(raw: GeneratedItem | Mapping[str, Any], stage: str, reason: str, **d
     return {**fields, "stage": stage, "reason": reason, **details}
 
 
+def _engines(solver: Engine | Sequence[Engine] | None) -> list[Engine]:
+    if solver is None:
+        return []
+    return list(solver) if isinstance(solver, (list, tuple)) else [solver]
+
+
 def validate_items(
     candidates: Sequence[GeneratedItem | Mapping[str, Any]],
     *,
-    solver: Engine | None,
+    solver: Engine | Sequence[Engine] | None,
     critic: Engine | None,
     seed_pool: Sequence[MCQItem] = (),
     eval_items: Sequence[MCQItem] = (),
     config: ValidationConfig | None = None,
 ) -> ValidationResult:
-    """Run every gate and the agents the acceptance rule needs; see the module docstring for the order."""
+    """Run every gate and the agents the acceptance rule needs; see the module docstring for the order.
+
+    ``solver`` is one engine or several (their votes are pooled). Accepted items come back in candidate
+    order, with their answer positions rebalanced when ``config.rebalance``.
+    """
     config = config or ValidationConfig()
+    solvers = _engines(solver)
     need_solver, need_critic = _NEEDS[config.acceptance]
-    if need_solver and solver is None:
+    if need_solver and not solvers:
         raise ValueError(f"acceptance {config.acceptance!r} needs a solver engine")
     if need_critic and critic is None:
         raise ValueError(f"acceptance {config.acceptance!r} needs a critic engine")
+    total_votes = config.solver_samples * len(solvers)
+    if need_solver and config.solver_min_votes > total_votes:
+        raise ValueError(
+            f"solver_min_votes={config.solver_min_votes} exceeds the {total_votes} votes there are "
+            f"({config.solver_samples} samples x {len(solvers)} solver model(s))"
+        )
 
-    seeds = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold)
+    seeds = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold, config.near_dup_metric)
     seeds.add_items(list(seed_pool))
-    batch = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold)
+    batch = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold, config.near_dup_metric)
     contamination = ContaminationIndex(list(eval_items), config.contamination_ngram)
 
     rejected: list[dict[str, Any]] = []
@@ -261,18 +328,23 @@ def validate_items(
         survivors.append(item)
 
     logger.info("quality gates: %d of %d candidates reach the agents", len(survivors), len(candidates))
-    solved = solve_blind(solver, survivors, config.seed) if need_solver else [None] * len(survivors)
+    votes: list[list[SolverVote]] = [[] for _ in survivors]
+    if need_solver:
+        for engine in solvers:
+            for own, new in zip(votes, solve_blind(engine, survivors, config.seed, config.solver_samples)):
+                own.extend(new)
     judged = critique(critic, survivors, config) if need_critic else [None] * len(survivors)
 
     accepted: list[GeneratedItem] = []
     decisions: list[dict[str, Any]] = []
     keep = ACCEPTANCE_RULES[config.acceptance]
-    for item, s, c in zip(survivors, solved, judged):
-        solver_ok = None if s is None else s.pick == item.answer_idx
+    for item, item_votes, c in zip(survivors, votes, judged):
+        decision: dict[str, Any] = {"id": item.id, "target_node": item.target_node, "key": item.answer_idx}
+        solver_ok = None
+        if need_solver:
+            solver_ok, for_key, n_votes = solver_verdict(item_votes, item.answer_idx, config.solver_min_votes)
+            decision.update(solver_key_votes=for_key, solver_votes=[v.as_dict() for v in item_votes])
         critic_ok = None if c is None else c.accept
-        decision = {"id": item.id, "target_node": item.target_node, "key": item.answer_idx}
-        if s is not None:
-            decision.update(solver_pick=s.pick, solver_prob_key=round(s.prob_key, 4), solver_order="".join(s.shown_order))
         if c is not None:
             decision.update(critic_accept=c.accept, critic_reason=c.reason, critic_parsed=c.parsed, critic_raw=c.raw)
         decision["accepted"] = keep(solver_ok, critic_ok)
@@ -282,14 +354,28 @@ def validate_items(
             continue
         details = {k: v for k, v in decision.items() if k not in ("id", "target_node", "key", "accepted")}
         if need_solver and not solver_ok:
-            reason = f"solver picked {s.pick} (p(key)={s.prob_key:.2f}), key is {item.answer_idx}"
+            picks = ",".join(v.pick for v in item_votes)
+            reason = f"solver votes for the key {item.answer_idx}: {for_key} of {n_votes} (needs {config.solver_min_votes or n_votes}; picks {picks})"
             if need_critic and not critic_ok:
                 reason += f"; critic: {c.reason}"
             rejected.append(_reject(item, "solver", reason, **details))
         else:
             rejected.append(_reject(item, "critic", c.reason, **details))
 
-    report = _report(candidates, accepted, rejected, decisions, config)
+    balance_before = answer_balance(accepted)
+    moves: dict[str, tuple[str, str]] = {}
+    if config.rebalance:
+        accepted, moves = rebalance_answers(accepted, config.seed)
+        for decision in decisions:
+            if decision["id"] in moves:
+                decision["answer_moved"] = "{} -> {}".format(*moves[decision["id"]])
+    positions = {
+        "before": balance_before,
+        "after": answer_balance(accepted),
+        "moved": len(moves),
+        "position_bound": sum(is_position_bound(it) for it in accepted),
+    }
+    report = _report(candidates, accepted, rejected, decisions, config, positions)
     logger.info(
         "validated %d candidates: %d accepted (%.0f%%); rejected by stage %s",
         len(candidates), len(accepted), 100 * report["acceptance_rate"], report["rejected_by_stage"],
@@ -308,7 +394,7 @@ def _overlap_check(
     for index, where in ((seeds, "seed pool"), (batch, "batch")):
         match = index.nearest(item.question, item.options)
         if match:
-            reason = f"near duplicate of {match.id} ({where}): {index.n}-gram Jaccard {match.score:.2f} >= {index.threshold}"
+            reason = f"near duplicate of {match.id} ({where}): {index.describe()} {match.score:.2f} >= {index.threshold}"
             return "near_duplicate", reason, {"duplicate_of": match.id, "similarity": round(match.score, 4)}
     hit = contamination.match(item.question, item.options)
     if hit:
@@ -323,6 +409,7 @@ def _report(
     rejected: list[dict[str, Any]],
     decisions: list[dict[str, Any]],
     config: ValidationConfig,
+    positions: dict[str, Any],
 ) -> dict[str, Any]:
     by_stage = {stage: 0 for stage in STAGES}
     per_node: dict[str, dict[str, Any]] = {}
@@ -350,9 +437,11 @@ def _report(
         "rejected_by_stage": by_stage,
         "per_node": per_node,
         "reached_agents": len(decisions),
-        "solver_agreed": sum(1 for d in decisions if d.get("solver_pick") == d["key"]),
+        "solver_samples": config.solver_samples,
+        "solver_min_votes": config.solver_min_votes,
+        "solver_passed": sum(1 for d in decisions if "solver_votes" in d and d["solver_key_votes"] >= (config.solver_min_votes or len(d["solver_votes"]))),
         "critic_accepted": sum(1 for d in decisions if d.get("critic_accept")),
         "critic_unparseable": sum(1 for d in decisions if d.get("critic_parsed") is False),
-        # The key's letter over accepted items: a later stage rebalances answer positions from this.
-        "answer_positions": dict(sorted(Counter(it.answer_idx for it in accepted).items())),
+        # Key letters of the accepted items before and after rebalancing, with a chi-square test each.
+        "answer_positions": positions,
     }

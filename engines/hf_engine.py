@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from engines.base import Completion, Prompt, SamplingParams, progress_bar
+from engines.grammar import grammar_available
 from engines.threads import ThreadGovernor
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class TransformersEngine:
         max_batch_tokens: int = 4096,
         trust_remote_code: bool = False,
         progress: bool = True,
+        structured: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,6 +105,9 @@ class TransformersEngine:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.progress = progress
+        # JSON-schema constrained decoding (engines.grammar) when xgrammar is installed.
+        self.enforces_json_schema = structured and grammar_available()
+        self._grammars = None
         self.governor = ThreadGovernor(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -138,6 +143,13 @@ class TransformersEngine:
             self.model.set_attn_implementation(register())
         except (ValueError, NotImplementedError) as e:  # a model that does not go through AttentionInterface
             logger.debug("%s keeps sdpa attention: %s", self.name, e)
+
+    def _schema_grammars(self):
+        if self._grammars is None:
+            from engines.grammar import SchemaGrammars
+
+            self._grammars = SchemaGrammars(self.tokenizer, self.model.config.vocab_size, self._eos)
+        return self._grammars
 
     def render(self, prompt: Prompt) -> str:
         """Raw text as is; chat messages through the chat template (a trailing assistant turn is continued)."""
@@ -210,6 +222,8 @@ class TransformersEngine:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if params.ignore_eos:
                 kwargs["min_new_tokens"] = params.max_new_tokens
+            if params.json_schema is not None and self.enforces_json_schema:
+                kwargs["logits_processor"].append(self._schema_grammars().processor(params.json_schema))
             if params.stop:
                 kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_in_output(self.tokenizer, params.stop, ids.shape[1])])
             with torch.inference_mode():

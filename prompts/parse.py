@@ -235,19 +235,24 @@ class CriticVerdict(BaseModel):
 
 
 def mcq_json_schema(letters: str, explanation: bool = True) -> dict[str, Any]:
-    """JSON schema of an MCQ draft with options ``letters`` (e.g. ``"ABCD"``), for structured decoding."""
+    """JSON schema of an MCQ draft with options ``letters`` (e.g. ``"ABCD"``), for structured decoding.
+
+    The length caps stop a small model that never closes a string (it would run to the token budget);
+    they sit above nearly all real items (59 of the 5,626 clinical dev questions are longer than 2,000
+    characters, mostly PubMedQA abstracts; 1 option of ~22,000 is longer than 400).
+    """
     schema: dict[str, Any] = {
         "type": "object",
         "properties": {
-            "question": {"type": "string", "minLength": 1},
+            "question": {"type": "string", "minLength": 1, "maxLength": 2000},
             "options": {
                 "type": "object",
-                "properties": {letter: {"type": "string", "minLength": 1} for letter in letters},
+                "properties": {letter: {"type": "string", "minLength": 1, "maxLength": 400} for letter in letters},
                 "required": list(letters),
                 "additionalProperties": False,
             },
             "answer_idx": {"type": "string", "enum": list(letters)},
-            "explanation": {"type": "string"},
+            "explanation": {"type": "string", "maxLength": 1000},
         },
         "required": ["question", "options", "answer_idx", "explanation"],
         "additionalProperties": False,
@@ -264,7 +269,7 @@ def critic_json_schema() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "verdict": {"type": "string", "enum": ["accept", "reject"]},
-            "reason": {"type": "string", "minLength": 1},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 400},
         },
         "required": ["verdict", "reason"],
         "additionalProperties": False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 import time
@@ -236,6 +238,48 @@ def test_stop_strings_trim_output(engine):
     stop = free[1:3]
     cut = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=16, stop=["never-there", stop]))[0]
     assert cut.text == free[: free.find(stop)] and cut.finish_reason == "stop"
+
+
+SMALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["accept", "reject"]},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 24},
+        "votes": {"type": "integer"},
+    },
+    "required": ["verdict", "reason", "votes"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_decoding_makes_even_a_random_model_write_valid_objects(engine):
+    """engines.grammar: every token outside the schema is masked, so random weights still write it."""
+    pytest.importorskip("xgrammar")
+    assert engine.enforces_json_schema
+    params = SamplingParams(max_new_tokens=80, temperature=1.0, seed=3, json_schema=SMALL_SCHEMA)
+    out = engine.generate(PROMPTS * 2, params)  # 8 rows over 3 batches: per-row matchers per call
+    for completion in out:
+        obj = json.loads(completion.text, strict=False)  # random weights may write a raw control byte in a string
+        assert list(obj) == ["verdict", "reason", "votes"]  # in the schema's order
+        assert obj["verdict"] in ("accept", "reject") and 1 <= len(obj["reason"]) <= 24 and isinstance(obj["votes"], int)
+        assert completion.finish_reason == "stop"
+    free = engine.generate(PROMPTS, SamplingParams(max_new_tokens=20, temperature=1.0, seed=3))
+    assert not all(c.text.startswith('{"verdict"') for c in free)  # without a schema: unconstrained
+
+
+def test_json_schema_decoding_with_a_stop_string_that_ends_rows_early(engine):
+    """A row cut by a stop string is fed padding afterwards: the mask lets it go instead of failing."""
+    pytest.importorskip("xgrammar")
+    params = SamplingParams(max_new_tokens=60, temperature=1.0, seed=5, json_schema=SMALL_SCHEMA, stop=['"reason"'])
+    out = engine.generate(PROMPTS, params)
+    assert all(c.text.startswith('{"verdict":') and '"reason"' not in c.text and c.finish_reason == "stop" for c in out)
+
+
+def test_structured_decoding_can_be_turned_off(tiny_teacher_path):
+    plain = TransformersEngine(tiny_teacher_path, structured=False, progress=False)
+    assert plain.enforces_json_schema is False
+    out = plain.generate(PROMPTS[:2], SamplingParams(max_new_tokens=6, json_schema=SMALL_SCHEMA))
+    assert len(out) == 2  # the schema is ignored, as on any engine that cannot enforce it
 
 
 def test_stop_strings_look_at_the_output_only(engine):

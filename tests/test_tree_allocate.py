@@ -57,6 +57,15 @@ def test_weak_and_uncertain_nodes_get_more(tree):
     assert alloc["root/new"] > alloc["root/strong"] and alloc["root/few"] > alloc["root/strong"]
 
 
+def test_max_nodes_keeps_the_heaviest_nodes(tree):
+    weights = node_weights(tree, 1, AllocationConfig())
+    heaviest = sorted(weights, key=weights.get, reverse=True)[:2]
+    alloc = allocate(tree, 40, 1, max_nodes=2)
+    assert set(alloc) == set(heaviest) and sum(alloc.values()) == 40
+    assert "root/weak" in alloc and "root/strong" not in alloc
+    assert allocate(tree, 40, 1, max_nodes=10) == allocate(tree, 40, 1)  # more than there are: all of them
+
+
 def test_cap_redistributes_to_the_rest(tree):
     alloc = allocate(tree, 100, 1, floor=2, cap=25)
     assert sum(alloc.values()) == 100 and max(alloc.values()) == 25 and min(alloc.values()) >= 2
@@ -86,7 +95,7 @@ def test_config_object_and_overrides(tree):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"strategy": "greedy"}, "strategy"), ({"floor": -1}, "floor"), ({"cap": 0}, "cap"),
-     ({"floor": 3, "cap": 2}, "cap"), ({"target": 1.0}, "target")],
+     ({"floor": 3, "cap": 2}, "cap"), ({"target": 1.0}, "target"), ({"max_nodes": 0}, "max_nodes")],
 )
 def test_config_range_checks(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -6,6 +6,8 @@ flow (which gate fires, what reaches the agents, one batched call each) can be c
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from data.dedup import ContaminationIndex, DuplicateIndex, exact_key, jaccard, ngrams, normalize_text, word_tokens
@@ -48,6 +50,7 @@ PLANTED = {
                         ["Hypothyroidism", "Cushing syndrome", "Diabetes", "Anaemia"], "A"),
 }
 CANDIDATES = [GOOD, *PLANTED.values(), SOLVER_NO, CRITIC_NO, GOOD5]
+HEART = gen("g-x", "Which chamber of the heart pumps blood to the aorta?", ["Left ventricle", "Right atrium", "Left atrium", "Right ventricle"], "A")
 
 
 def solver_pick(prompt) -> str:
@@ -87,11 +90,13 @@ def test_every_gate_fires_on_its_planted_item():
     assert "target_node" in reason["g-dict"]
     assert reason["g-copy"] == "exact duplicate of g-good (batch)"
     assert reason["g-seed-exact"] == "exact duplicate of seed-1 (seed pool)"
-    assert reason["g-seed-near"].startswith("near duplicate of seed-0 (seed pool): 3-gram Jaccard")
+    assert reason["g-seed-near"].startswith("near duplicate of seed-0 (seed pool): ROUGE-L 0.9")
     assert "eval-7" in reason["g-contam"] and "13-gram" in reason["g-contam"]
-    assert reason["g-solver"].startswith("solver picked A") and "key is B" in reason["g-solver"]
+    assert reason["g-solver"] == "solver votes for the key B: 0 of 1 (needs 1; picks A)"
     assert reason["g-critic"] == "Two options could be correct."
     assert [it.id for it in result.accepted] == ["g-good", "g-good5"]
+    rejected = {r["id"]: r for r in result.rejected}
+    assert rejected["g-solver"]["solver_votes"] == [{"solver": "solver", "pick": "A", "prob_key": pytest.approx(math.exp(-4) / (math.exp(-0.1) + 3 * math.exp(-4)), abs=1e-4), "order": rejected["g-solver"]["solver_votes"][0]["order"]}]
 
 
 def test_agents_see_only_survivors_in_one_batched_call_each():
@@ -116,8 +121,11 @@ def test_report_counts_per_node_and_stage():
     assert report["acceptance_rate"] == pytest.approx(2 / len(CANDIDATES))
     assert report["rejected_by_stage"] == {"schema": 3, "duplicate": 2, "near_duplicate": 1, "contamination": 1, "solver": 1, "critic": 1}
     assert report["per_node"]["n2"] == {"candidates": 2, "accepted": 1, "rejected": {"solver": 1}, "acceptance_rate": 0.5}
-    assert report["reached_agents"] == 4 and report["solver_agreed"] == 3 and report["critic_accepted"] == 3
-    assert report["answer_positions"] == {"A": 2}
+    assert report["reached_agents"] == 4 and report["solver_passed"] == 3 and report["critic_accepted"] == 3
+    positions = report["answer_positions"]
+    assert positions["before"]["counts"] == {"A": 2, "B": 0, "C": 0, "D": 0, "E": 0}
+    assert max(positions["after"]["counts"].values()) == 1 and positions["moved"] == 1
+    assert positions["after"]["chi2"] < positions["before"]["chi2"]
     assert sum(r["candidates"] for r in report["per_node"].values()) == len(CANDIDATES)
 
 
@@ -135,7 +143,7 @@ def test_report_counts_per_node_and_stage():
     ],
 )
 def test_acceptance_rules(rule, solver_agrees, critic_accepts, kept, stage):
-    item = gen("g-x", "Which chamber of the heart pumps blood to the aorta?", ["Left ventricle", "Right atrium", "Left atrium", "Right ventricle"], "A")
+    item = HEART
     solver = ScriptedEngine(pick=lambda p: "Left ventricle" if solver_agrees else "Right atrium")
     verdict = "accept" if critic_accepts else "reject"
     critic = ScriptedEngine(reply=lambda p: f'{verdict}", "reason": "scripted {verdict}"}}')
@@ -186,9 +194,10 @@ def test_shuffle_is_deterministic_and_maps_back():
 def test_solver_pick_is_mapped_back_to_original_letters(seed):
     items = [gen(f"g{i}", f"Question number {i} about organs?", [f"opt{i}-{j}" for j in range(4)], key) for i, key in enumerate("ABCDDCBA")]
     solver = ScriptedEngine(pick=lambda p: next(it.options[it.answer_idx] for it in items if it.question in user_text(p)))
-    outcomes = solve_blind(solver, items, seed)
-    assert [o.pick for o in outcomes] == [it.answer_idx for it in items]
-    assert all(o.prob_key > 0.9 for o in outcomes)
+    votes = solve_blind(solver, items, seed)
+    assert [len(v) for v in votes] == [1] * len(items)
+    assert [v[0].pick for v in votes] == [it.answer_idx for it in items]
+    assert all(v[0].prob_key > 0.9 and v[0].solver == "scripted" for v in votes)
     prompts = solver.calls[0][1]
     assert any(shown_options(p) != dict(it.options) for p, it in zip(prompts, items))  # really shuffled
 
@@ -211,9 +220,92 @@ def test_dedup_primitives():
     assert short.match("short one", {"A": "X", "B": "Y"}) == ("e", "short one x y")
 
 
+def first_shown(prompt) -> str:
+    """A solver with a pure position bias: it always picks whatever option is shown first."""
+    return shown_options(prompt)["A"]
+
+
+def test_samples_are_rotations_so_each_option_is_shown_first_once():
+    solver = ScriptedEngine(pick=first_shown)
+    votes = solve_blind(solver, [HEART], seed=3, samples=4)[0]
+    assert len(solver.calls) == 1 and len(solver.calls[0][1]) == 4  # 4 presentations, one batched call
+    assert sorted(v.pick for v in votes) == list("ABCD")  # the position-biased solver picks each once
+    assert len({v.as_dict()["order"] for v in votes}) == 4
+
+
+@pytest.mark.parametrize(
+    "samples, min_votes, kept, reason",
+    [
+        (1, 0, None, None),  # 1 vote, shuffled: whether the first shown is the key depends on the shuffle
+        (4, 0, False, "1 of 4 (needs 4"),  # unanimous: a pure position bias never passes
+        (4, 2, False, "1 of 4 (needs 2"),
+        (4, 1, True, None),  # k=1 of n=4: any one presentation picking the key is enough
+    ],
+)
+def test_k_of_n_solver_samples(samples, min_votes, kept, reason):
+    config = ValidationConfig(acceptance="solver", solver_samples=samples, solver_min_votes=min_votes)
+    result = validate_items([HEART], solver=ScriptedEngine(pick=first_shown), critic=None, config=config)
+    votes = result.decisions[0]["solver_votes"]
+    assert len(votes) == samples
+    if kept is None:
+        kept = votes[0]["pick"] == "A"
+    assert (len(result.accepted) == 1) is kept
+    if reason:
+        assert reason in result.rejected[0]["reason"]
+
+
+@pytest.mark.parametrize("min_votes, kept", [(0, False), (1, True), (2, False)])
+def test_several_solver_models_pool_their_votes(min_votes, kept):
+    right = ScriptedEngine(pick=lambda p: "Left ventricle", name="family-a")
+    wrong = ScriptedEngine(pick=lambda p: "Right atrium", name="family-b")
+    config = ValidationConfig(acceptance="solver", solver_min_votes=min_votes)
+    result = validate_items([HEART], solver=[right, wrong], critic=None, config=config)
+    assert (len(result.accepted) == 1) is kept
+    assert [v["solver"] for v in result.decisions[0]["solver_votes"]] == ["family-a", "family-b"]
+    assert len(right.calls) == len(wrong.calls) == 1
+    if not kept:
+        assert result.rejected[0]["reason"].startswith(f"solver votes for the key A: 1 of 2 (needs {min_votes or 2}")
+
+
+def test_more_votes_required_than_there_are_is_an_error():
+    config = ValidationConfig(acceptance="solver", solver_samples=2, solver_min_votes=3)
+    with pytest.raises(ValueError, match="solver_min_votes=3 exceeds the 2 votes"):
+        validate_items([HEART], solver=ScriptedEngine(pick=first_shown), critic=None, config=config)
+
+
+def test_critic_gets_no_prefill_from_an_engine_that_enforces_the_schema():
+    critic = ScriptedEngine(reply=lambda p: '{"verdict": "reject", "reason": "Key is wrong."}')
+    critic.enforces_json_schema = True
+    result = validate_items([HEART], solver=None, critic=critic, config=ValidationConfig(acceptance="critic"))
+    assert critic.calls[0][1][0][-1]["role"] == "user"  # no assistant prefill to continue
+    assert result.rejected[0]["reason"] == "Key is wrong."
+
+
+def test_accepted_answer_positions_are_rebalanced_without_changing_the_items():
+    items = [gen(f"g{i}", f"Question {i} on cardiac physiology?", [f"right {i}", f"w{i}1", f"w{i}2", f"w{i}3"], "A") for i in range(8)]
+    bound = gen("g-bound", "Which are cardiac chambers?", ["Atria", "Ventricles", "Valves", "Both A and B"], "D")
+    solver = ScriptedEngine(pick=lambda p: next(it.options[it.answer_idx] for it in [*items, bound] if it.question in user_text(p)))
+    result = validate_items([*items, bound], solver=solver, critic=None, config=ValidationConfig(acceptance="solver"))
+    by_id = {it.id: it for it in result.accepted}
+    assert by_id["g-bound"] == bound  # its options refer to positions: untouched
+    for original in items:
+        moved = by_id[original.id]
+        assert moved.options[moved.answer_idx] == original.options["A"]  # the key's text is still the key
+        assert sorted(moved.options.values()) == sorted(original.options.values())
+    positions = result.report["answer_positions"]
+    assert positions["before"]["counts"] == {"A": 8, "B": 0, "C": 0, "D": 1}
+    assert sorted(positions["after"]["counts"].values()) == [2, 2, 2, 3]
+    assert positions["before"]["p_value"] < 0.001 < 0.9 < positions["after"]["p_value"]
+    assert positions["position_bound"] == 1 and positions["moved"] == 8 - positions["after"]["counts"]["A"]
+    moved_decisions = [d for d in result.decisions if "answer_moved" in d]
+    assert len(moved_decisions) == positions["moved"] and all(d["answer_moved"].startswith("A -> ") for d in moved_decisions)
+    off = validate_items([*items, bound], solver=solver, critic=None, config=ValidationConfig(acceptance="solver", rebalance=False))
+    assert off.report["answer_positions"]["moved"] == 0 and [it.answer_idx for it in off.accepted] == ["A"] * 8 + ["D"]
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{"acceptance": "either"}, {"min_options": 5, "max_options": 4}, {"near_dup_threshold": 1.5},
+    [{"acceptance": "either"}, {"solver_samples": 0}, {"solver_min_votes": -1}, {"near_dup_metric": "cosine"}, {"min_options": 5, "max_options": 4}, {"near_dup_threshold": 1.5},
      {"critic_unparseable": "maybe"}, {"contamination_ngram": 0}, {"critic_temperature": -1}],
 )
 def test_config_range_checks(kwargs):

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import re
 import sys
@@ -26,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree as RichTree
 
+from data.cli import add_dataclass_options, dataclass_from_args
 from engines.smollm2 import ModelNotFoundError
 from tree.ability_tree import AbilityTree, TreeError
 from tree.build import build_tree
@@ -99,16 +99,6 @@ def render_tree(tree: AbilityTree, iteration: int | None = None, level: float = 
     return top
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per dataclass field (help from the field's metadata, default from the field)."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.type not in ("int", "float", "str", int, float, str):
-            continue
-        kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)  # type: ignore[arg-type]
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, dest=f.name,
-                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tree", description="Build, inspect and export ability trees.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,7 +111,7 @@ def make_parser() -> argparse.ArgumentParser:
     init.add_argument("--engine", default="auto", help="backend for local models: auto, transformers, vllm")
     init.add_argument("-o", "--output", type=Path, required=True, help="tree JSON to write")
     init.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    _add_dataclass_options(init, ProposeConfig, skip=("example_area",))
+    add_dataclass_options(init, ProposeConfig, skip=("example_area",))
     build = sub.add_parser("build", help="a tree from items' ability paths; the teacher places items without one")
     build.add_argument("--data", type=Path, nargs="+", required=True, help="MCQ JSONL files")
     build.add_argument("--root", default="clinical medicine", help="root ability (default: clinical medicine)")
@@ -191,7 +181,7 @@ def run_init(args: argparse.Namespace, console: Console) -> int:
     from data.domains import get_domain
 
     _refuse_overwrite(args.output, args.force)
-    config = ProposeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ProposeConfig) if hasattr(args, f.name)})
+    config = dataclass_from_args(ProposeConfig, args)
     if args.domain:
         domain = get_domain(args.domain)
         root, description = domain.root, domain.description if args.description is None else args.description

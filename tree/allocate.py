@@ -42,6 +42,7 @@ class AllocationConfig:
     cap: int | None = field(default=None, metadata={"help": "most items one node may get (None: no cap)"})
     target: float = field(default=0.8, metadata={"help": "accuracy a node should reach"})
     seed: int = field(default=0, metadata={"help": "orders equal remainders when rounding"})
+    max_nodes: int | None = field(default=None, metadata={"help": "spread the budget over at most this many nodes, those of largest weight (None: all targets)"})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -52,6 +53,8 @@ class AllocationConfig:
             raise ValueError(f"cap must be >= max(floor, 1) = {max(self.floor, 1)}, got {self.cap}")
         if not 0.0 < self.target < 1.0:
             raise ValueError(f"target must be in (0, 1), got {self.target}")
+        if self.max_nodes is not None and self.max_nodes < 1:
+            raise ValueError(f"max_nodes must be >= 1, got {self.max_nodes}")
 
 
 def node_weights(tree: AbilityTree, iteration: int | None, config: AllocationConfig) -> dict[str, float]:
@@ -106,6 +109,11 @@ def allocate(
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     weights = node_weights(tree, iteration, config)
+    if config.max_nodes is not None and len(weights) > config.max_nodes:
+        # The heaviest nodes; equal weights in a seeded order (as for remainders below), tree order kept.
+        rank = np.random.default_rng(config.seed).permutation(len(weights))
+        keep = set(sorted(weights, key=lambda n: (-weights[n], rank[list(weights).index(n)]))[: config.max_nodes])
+        weights = {n: w for n, w in weights.items() if n in keep}
     nodes = list(weights)
     k = len(nodes)
     if config.cap is not None and config.cap * k < budget:
