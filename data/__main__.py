@@ -190,7 +190,8 @@ def _plan(args: argparse.Namespace, seed_items: Sequence[MCQItem]) -> dict[str, 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    console = Console()
+    # Tables are wide; rich falls back to 80 columns when stdout is a file or a pipe.
+    console = Console() if sys.stdout.isatty() else Console(width=132)
     from engines.smollm2 import ModelNotFoundError
     from tree.ability_tree import TreeError
 

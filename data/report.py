@@ -45,10 +45,12 @@ def reason_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def positions_table(report: dict[str, Any]) -> Table:
+def positions_table(report: dict[str, Any]) -> Table | str:
     """Key letters of the accepted items before and after rebalancing, with χ² against uniform."""
     pos = report["validation"]["answer_positions"]
     before, after = pos["before"], pos["after"]
+    if not before["n"]:
+        return "answer positions: no accepted items"
 
     def test(b: dict[str, Any]) -> str:
         return "–" if b["p_value"] is None else f"χ²={b['chi2']:.2f}, df={b['df']}, p={b['p_value']:.3g}"
