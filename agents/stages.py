@@ -195,6 +195,7 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     rejected = [*unparsed.values(), *result.rejected]
     write_jsonl(out / "validated.jsonl", result.accepted)
     write_jsonl(out / "rejected.jsonl", rejected)
+    write_jsonl(out / "decisions.jsonl", result.decisions)
     report = {**result.report, "unparsed_requests": len(unparsed)}
     atomic_write_json(out / "report.json", report)
     return {

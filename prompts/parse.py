@@ -269,7 +269,7 @@ def critic_json_schema() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "verdict": {"type": "string", "enum": ["accept", "reject"]},
-            "reason": {"type": "string", "minLength": 1, "maxLength": 400},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 200},  # fits critic_max_new_tokens=96
         },
         "required": ["verdict", "reason"],
         "additionalProperties": False,

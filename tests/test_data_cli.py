@@ -4,7 +4,6 @@ covered by tests/test_validate_smollm2.py): outputs, report, a planted contamina
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,8 @@ import pytest
 from data.__main__ import OUTPUTS, main
 from data.domains import get_domain
 from data.records import GeneratedItem, read_jsonl, write_jsonl
+from tests.testing_utils import first_per_source
 from tree.build import build_tree
-
-
-def first_per_source(items: list, n: int) -> list:
-    counts: Counter[str] = Counter()
-    kept = []
-    for item in items:
-        if counts[item.source] < n:
-            counts[item.source] += 1
-            kept.append(item)
-    return kept
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from data.domains import get_domain
 from data.records import read_items, write_jsonl
+from tests.testing_utils import first_per_source
 from tree import AbilityTree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,16 +31,6 @@ STAGE_FILES = [
     "G_eval/metrics.json",
     "G_eval/per_node.csv",
 ]
-
-
-def first_per_source(items: list, n: int) -> list:
-    counts: Counter[str] = Counter()
-    kept = []
-    for item in items:
-        if counts[item.source] < n:
-            counts[item.source] += 1
-            kept.append(item)
-    return kept
 
 
 @pytest.fixture(scope="module")

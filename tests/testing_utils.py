@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,14 @@ def read_fixture_records(name: str) -> list[dict]:
 def read_fixture_expected(name: str) -> dict:
     """The hand-checked outcomes that go with a fixture file, by record id."""
     return json.loads((SMOLLM2_OUTPUTS / name).read_text(encoding="utf-8"))
+
+
+def first_per_source(items: list, n: int) -> list:
+    """The first ``n`` items of every source, in order (small domains for end-to-end tests)."""
+    counts: Counter[str] = Counter()
+    kept = []
+    for item in items:
+        if counts[item.source] < n:
+            counts[item.source] += 1
+            kept.append(item)
+    return kept
