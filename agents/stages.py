@@ -175,10 +175,11 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     it, c = state["iteration"], ctx.config
     gen = ctx.run.stage(it, "generate")
     candidates = read_jsonl(gen / "candidates.jsonl", GeneratedItem)
+    # Only the agents the acceptance rule asks are loaded.
     result = validate_items(
         candidates,
-        solver=[ctx.engines.get(spec) for spec in c.solver_specs],
-        critic=ctx.engines.get(c.critic_spec),
+        solver=[ctx.engines.get(spec) for spec in c.solver_specs] if c.acceptance != "critic" else None,
+        critic=ctx.engines.get(c.critic_spec) if c.acceptance != "solver" else None,
         seed_pool=ctx.seed_items,
         eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
         config=ValidationConfig(
