@@ -170,7 +170,7 @@ def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.validate import ValidationConfig, validate_items
+    from data.validate import ValidationConfig, unparsed_requests, validate_items
 
     it, c = state["iteration"], ctx.config
     gen = ctx.run.stage(it, "generate")
@@ -191,9 +191,8 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         ),
     )
     # Requests whose every generation attempt failed to parse are rejected items too (last attempt kept).
-    parsed_ids = {cand.id for cand in candidates}
-    unparsed = {r["id"]: r for r in read_jsonl(gen / "unparsed.jsonl") if r["id"] not in parsed_ids}
-    rejected = [*unparsed.values(), *result.rejected]
+    unparsed = unparsed_requests(read_jsonl(gen / "unparsed.jsonl"), candidates)
+    rejected = [*unparsed, *result.rejected]
     write_jsonl(out / "validated.jsonl", result.accepted)
     write_jsonl(out / "rejected.jsonl", rejected)
     write_jsonl(out / "decisions.jsonl", result.decisions)

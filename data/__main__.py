@@ -102,7 +102,7 @@ def _agent_specs(args: argparse.Namespace, acceptance: str) -> tuple[list[str], 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from data.domains import get_domain
-    from data.validate import validate_items
+    from data.validate import unparsed_requests, validate_items
 
     _check_out(args.out, args.force)
     domain = get_domain(args.domain)
@@ -145,11 +145,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         report["seconds"]["validate"] = time.perf_counter() - t0
     finally:
         engines.close()
-    # A request whose every attempt failed to parse is a rejected item too (its last attempt is kept).
-    parsed_ids = {c.id for c in candidates}
-    last_failure = {r["id"]: r for r in unparsed if r["id"] not in parsed_ids}
+    never_parsed = unparsed_requests(unparsed, candidates)
     report["validation"] = result.report
-    report["unparsed_requests"] = len(last_failure)
+    report["unparsed_requests"] = len(never_parsed)
     work = report["seconds"].get("generate", 0.0) + report["seconds"]["validate"]
     report["seconds"]["total"] = work
     report["items_per_minute"] = {
@@ -160,7 +158,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     write_jsonl(out / "candidates.jsonl", candidates)
     write_jsonl(out / "unparsed.jsonl", unparsed)
     write_jsonl(out / "validated.jsonl", result.accepted)
-    write_jsonl(out / "rejected.jsonl", [*last_failure.values(), *result.rejected])
+    write_jsonl(out / "rejected.jsonl", [*never_parsed, *result.rejected])
     write_jsonl(out / "decisions.jsonl", result.decisions)
     atomic_write_json(out / "report.json", report)
     return report

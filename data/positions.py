@@ -134,16 +134,12 @@ def rebalance_answers(items: Sequence[I], seed: int = 0) -> tuple[list[I], dict[
     rng = random.Random(seed)
     rng.shuffle(movable)
     while True:
-        best: tuple[int, int, str] | None = None  # (gain, item, target)
-        for i in movable:
-            letters = list(items[i].options)
-            least = min(counts[k] for k in letters)
-            gain = counts[key[i]] - least
-            if gain >= 2 and (best is None or gain > best[0]):
-                best = (gain, i, rng.choice([k for k in letters if counts[k] == least]))
-        if best is None:
+        gain, i = max(((counts[key[i]] - min(counts[k] for k in items[i].options), i) for i in movable), default=(0, -1),
+                      key=lambda gi: gi[0])  # the first of equal gains: the seeded visiting order decides
+        if gain < 2:
             break
-        _, i, target = best
+        least = min(counts[k] for k in items[i].options)
+        target = rng.choice([k for k in items[i].options if counts[k] == least])
         counts[key[i]] -= 1
         counts[target] += 1
         key[i] = target

@@ -343,7 +343,7 @@ def validate_items(
         solver_ok = None
         if need_solver:
             solver_ok, for_key, n_votes = solver_verdict(item_votes, item.answer_idx, config.solver_min_votes)
-            decision.update(solver_key_votes=for_key, solver_votes=[v.as_dict() for v in item_votes])
+            decision.update(solver_passed=solver_ok, solver_key_votes=for_key, solver_votes=[v.as_dict() for v in item_votes])
         critic_ok = None if c is None else c.accept
         if c is not None:
             decision.update(critic_accept=c.accept, critic_reason=c.reason, critic_parsed=c.parsed, critic_raw=c.raw)
@@ -352,7 +352,7 @@ def validate_items(
         if decision["accepted"]:
             accepted.append(item)
             continue
-        details = {k: v for k, v in decision.items() if k not in ("id", "target_node", "key", "accepted")}
+        details = {k: v for k, v in decision.items() if k not in ("id", "target_node", "key", "accepted", "solver_passed")}
         if need_solver and not solver_ok:
             picks = ",".join(v.pick for v in item_votes)
             reason = f"solver votes for the key {item.answer_idx}: {for_key} of {n_votes} (needs {config.solver_min_votes or n_votes}; picks {picks})"
@@ -381,6 +381,17 @@ def validate_items(
         len(candidates), len(accepted), 100 * report["acceptance_rate"], report["rejected_by_stage"],
     )
     return ValidationResult(accepted, rejected, report, decisions)
+
+
+def unparsed_requests(failed_attempts: Sequence[Mapping[str, Any]], candidates: Sequence[MCQItem]) -> list[dict[str, Any]]:
+    """Requests whose every generation attempt failed to parse, as rejected items (the last attempt kept).
+
+    ``failed_attempts`` are data.generate's parse rejections (one per attempt); a request that parsed
+    in a later round is among ``candidates`` and is not listed.
+    """
+    parsed = {c.id for c in candidates}
+    last = {r["id"]: dict(r) for r in failed_attempts if r["id"] not in parsed}
+    return list(last.values())
 
 
 def _overlap_check(
@@ -439,7 +450,7 @@ def _report(
         "reached_agents": len(decisions),
         "solver_samples": config.solver_samples,
         "solver_min_votes": config.solver_min_votes,
-        "solver_passed": sum(1 for d in decisions if "solver_votes" in d and d["solver_key_votes"] >= (config.solver_min_votes or len(d["solver_votes"]))),
+        "solver_passed": sum(1 for d in decisions if d.get("solver_passed")),
         "critic_accepted": sum(1 for d in decisions if d.get("critic_accept")),
         "critic_unparseable": sum(1 for d in decisions if d.get("critic_parsed") is False),
         # Key letters of the accepted items before and after rebalancing, with a chi-square test each.
