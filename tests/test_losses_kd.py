@@ -15,6 +15,8 @@ from training.losses import (
     kd_loss,
     reverse_kl,
     forward_kl,
+    skew_forward_kl,
+    skew_reverse_kl,
     topk_kd_loss,
 )
 
@@ -27,6 +29,10 @@ def _ref_divergence(loss_type: str, p_s: torch.Tensor, p_t: torch.Tensor, beta: 
     def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p)).sum(-1)
 
+    if loss_type == "skew_forward_kl":  # beta is the skew here
+        return kl(p_t, beta * p_t + (1 - beta) * p_s)
+    if loss_type == "skew_reverse_kl":
+        return kl(p_s, beta * p_s + (1 - beta) * p_t)
     if loss_type == "forward_kl" or (loss_type == "jsd" and beta == 0):
         return kl(p_t, p_s)
     if loss_type == "reverse_kl" or (loss_type == "jsd" and beta == 1):
@@ -78,7 +84,11 @@ def _grad_of(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 CASES = [((3, 47, 123), -100), ((3, 47, 123), 2), ((2, 5, 17), -100), ((1, 1, 8), 5)]
-LOSS_TYPES = [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9)]
+# (loss type, its parameter: beta for jsd, the skew for skew KL; passed to the losses as both)
+LOSS_TYPES = [
+    ("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9),
+    ("skew_forward_kl", 0.1), ("skew_reverse_kl", 0.3),
+]
 
 # --------------------------------------------------------------------------------------- dense
 
@@ -93,7 +103,7 @@ def test_dense_matches_float64_reference(shape, ignore_index, loss_type, beta, T
     labels = _labels(shape[:-1], vocab, ignore_index)
 
     def ours(s):
-        return kd_loss(s, teacher, labels, loss_type=loss_type, beta=beta, temperature=T, ignore_index=ignore_index)
+        return kd_loss(s, teacher, labels, loss_type=loss_type, beta=beta, skew=beta, temperature=T, ignore_index=ignore_index)
 
     def ref(s):
         return _ref_dense(s, teacher, labels, loss_type=loss_type, beta=beta, T=T, ignore_index=ignore_index)
@@ -124,6 +134,20 @@ def test_jsd_closed_forms():
     jsd = generalized_jsd(s, t, beta=0.5)
     torch.testing.assert_close(jsd, generalized_jsd(t, s, beta=0.5))
     assert torch.all(jsd <= math.log(2) + 1e-6) and torch.all(jsd >= 0)
+
+
+def test_skew_kl_closed_forms():
+    s = torch.log_softmax(_logits((6, 40), 5), -1)
+    t = torch.log_softmax(_logits((6, 40), 6), -1)
+    torch.testing.assert_close(skew_forward_kl(s, t, skew=0.0), forward_kl(s, t))
+    torch.testing.assert_close(skew_reverse_kl(s, t, skew=0.0), reverse_kl(s, t))
+    # Bounded by -log(skew) however far apart the distributions are (the point of skewing).
+    far = torch.full((1, 40), -30.0).index_fill(1, torch.tensor([0]), 0.0).log_softmax(-1)
+    near_zero = torch.full((1, 40), -30.0).index_fill(1, torch.tensor([1]), 0.0).log_softmax(-1)
+    assert forward_kl(near_zero, far).item() > 25
+    assert skew_forward_kl(near_zero, far, skew=0.1).item() <= -math.log(0.1) + 1e-5
+    with pytest.raises(ValueError, match="skew"):
+        skew_forward_kl(s, t, skew=1.0)
 
 
 def test_bf16_inputs_are_upcast_before_any_rounding():
@@ -163,7 +187,7 @@ def test_topk_matches_float64_reference(shape, ignore_index, loss_type, beta, T)
     logprobs = logprobs.half()  # as stored
 
     def ours(s):
-        return topk_kd_loss(s, ids, logprobs, labels, loss_type=loss_type, beta=beta, temperature=T, ignore_index=ignore_index)
+        return topk_kd_loss(s, ids, logprobs, labels, loss_type=loss_type, beta=beta, skew=beta, temperature=T, ignore_index=ignore_index)
 
     def ref(s):
         return _ref_topk(s, ids, logprobs, labels, loss_type=loss_type, beta=beta, T=T, ignore_index=ignore_index)
@@ -182,7 +206,7 @@ def test_topk_with_k_equal_vocab_equals_dense(loss_type, beta, T):
     student, teacher = _logits(shape, 13), _logits(shape, 14)
     labels = _labels(shape[:-1], shape[-1], -100)
     logprobs, ids = torch.log_softmax(teacher, -1).sort(dim=-1, descending=True)
-    kw = dict(loss_type=loss_type, beta=beta, temperature=T)
+    kw = dict(loss_type=loss_type, beta=beta, skew=beta, temperature=T)
     sparse, g_sparse = _grad_of(lambda s: topk_kd_loss(s, ids, logprobs, labels, **kw), student)
     dense, g_dense = _grad_of(lambda s: kd_loss(s, teacher, labels, **kw), student)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)

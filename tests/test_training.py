@@ -184,12 +184,12 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, dataset, tokeniz
 
 
 def test_vocabulary_alignment():
-    from training.kd_trainer import match_vocab
-    from training.losses import kd_loss
+    from training.losses import LinearHead, kd_loss
 
-    teacher = torch.randn(3, 10)
-    assert torch.equal(match_vocab(teacher, 8), teacher[:, :8])  # padded teacher rows dropped
-    widened = match_vocab(teacher, 12)  # a student head padded wider: its extra rows get zero teacher mass
+    hidden, head = torch.randn(3, 4), LinearHead(torch.randn(10, 4))
+    teacher = head.logits(hidden)
+    assert torch.equal(head.logits(hidden, 8), teacher[:, :8])  # padded teacher rows dropped
+    widened = head.logits(hidden, 12)  # a student head padded wider: its extra rows get zero teacher mass
     assert widened.shape == (3, 12) and torch.all(widened[:, 10:] == float("-inf"))
     student = torch.randn(3, 12, requires_grad=True)
     loss = kd_loss(student, widened, temperature=2.0)

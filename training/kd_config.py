@@ -16,9 +16,11 @@ class KDConfig(SFTConfig):
     r"""
     Configuration for [`training.KDTrainer`]: every [`~trl.SFTConfig`] option plus the distillation ones.
 
-    The loss is `alpha * KD + (1 - alpha) * CE`, both averaged over the completion tokens. KD compares the
-    student with an online teacher model (`teacher_model`) or with sparse top-k teacher log-probs stored
-    on disk (`logits_dir`, written by `training.teacher_logits.extract_teacher_logits`).
+    The loss is `alpha * KD + (1 - alpha) * CE`, both averaged over the completion tokens, plus optional
+    objectives with their own weights (`hidden_loss_weight`, `weight_match_weight`; see
+    `training.objectives`). KD compares the student with an online teacher model (`teacher_model`) or with
+    sparse top-k teacher log-probs stored on disk (`logits_dir`, written by
+    `training.teacher_logits.extract_teacher_logits`).
 
     Differences from [`~trl.SFTConfig`]: `bf16` and `gradient_checkpointing` default to whether CUDA is
     available (both on with a GPU, both off on CPU, where bf16 autocast is slow and checkpointing only
@@ -46,6 +48,20 @@ class KDConfig(SFTConfig):
         default=0.5,
         metadata={"help": "JSD interpolation weight (kd_loss_type=jsd): 0 is forward KL, 1 reverse KL."},
     )
+    skew: float = field(
+        default=0.1,
+        metadata={
+            "help": "Skew weight lambda in [0, 1) for kd_loss_type skew_forward_kl = KL(p_t || lambda p_t + (1 - lambda) p_s) "
+            "and skew_reverse_kl; 0 is plain KL."
+        },
+    )
+    loss_chunk_size: int = field(
+        default=1024,
+        metadata={
+            "help": "Tokens per chunk of the fused LM head + loss: the student's (and an online teacher's) logits exist "
+            "for this many tokens at a time, never for the whole batch. 0 = one chunk (still never kept for backward)."
+        },
+    )
     top_k: int = field(
         default=32,
         metadata={
@@ -68,6 +84,39 @@ class KDConfig(SFTConfig):
             "help": "Offline teacher: folder of stored sparse top-k log-probs (index.json + safetensors shards).",
             "aliases": ["--logits"],
         },
+    )
+    hidden_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of hidden-state distillation (needs an online teacher): projected student hidden states match "
+            "the teacher's at hidden_layer_map. 0 = off."
+        },
+    )
+    hidden_layer_map: str = field(
+        default="auto",
+        metadata={
+            "help": "Student:teacher hidden-state indices, e.g. '2:4,4:8' (0 = embeddings, n = last layer), or 'auto' "
+            "(every student layer to the teacher layer at the same relative depth)."
+        },
+    )
+    hidden_loss_type: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state distance: mse (normalised by the teacher's mean square) or cosine.", "choices": ["mse", "cosine"]},
+    )
+    weight_match_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of layer-weight distillation (needs an online teacher): the student's attention weights "
+            "(weight_match_modules) are pulled to the teacher's at weight_match_layer_map. 0 = off."
+        },
+    )
+    weight_match_layer_map: str = field(
+        default="auto",
+        metadata={"help": "Student:teacher decoder layers (0-based), e.g. '0:0,7:14', or 'auto' (same relative depth)."},
+    )
+    weight_match_modules: list[str] = field(
+        default_factory=lambda: ["self_attn.q_proj", "self_attn.o_proj"],
+        metadata={"help": "Modules of each decoder layer whose weights are matched (attention query and output by default)."},
     )
     lora_r: int = field(
         default=0,
@@ -100,6 +149,16 @@ class KDConfig(SFTConfig):
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (self.kd_loss_type in KD_LOSS_TYPES, f"kd_loss_type must be one of {', '.join(KD_LOSS_TYPES)}, got {self.kd_loss_type!r}"),
             (0.0 <= self.beta <= 1.0, f"beta must be in [0, 1], got {self.beta}"),
+            (0.0 <= self.skew < 1.0, f"skew must be in [0, 1), got {self.skew}"),
+            (self.loss_chunk_size >= 0, f"loss_chunk_size must be >= 0, got {self.loss_chunk_size}"),
+            (self.hidden_loss_weight >= 0, f"hidden_loss_weight must be >= 0, got {self.hidden_loss_weight}"),
+            (self.hidden_loss_type in ("mse", "cosine"), f"hidden_loss_type must be mse or cosine, got {self.hidden_loss_type!r}"),
+            (self.weight_match_weight >= 0, f"weight_match_weight must be >= 0, got {self.weight_match_weight}"),
+            (bool(self.weight_match_modules), "weight_match_modules must name at least one module"),
+            (
+                not (self.logits_dir and (self.hidden_loss_weight > 0 or self.weight_match_weight > 0)),
+                "hidden_loss_weight / weight_match_weight need an online teacher_model, not stored logits_dir",
+            ),
             (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
             (not (self.teacher_model and self.logits_dir), "set teacher_model (online) or logits_dir (offline), not both"),
             (not (self.logits_dir and self.top_k == 0), "top_k=0 (full teacher distribution) needs an online teacher_model"),

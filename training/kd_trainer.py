@@ -1,10 +1,12 @@
-"""``KDTrainer``: TRL's ``SFTTrainer`` with a knowledge-distillation loss.
+"""``KDTrainer``: TRL's ``SFTTrainer`` with a knowledge-distillation loss and pluggable objectives.
 
 Only the loss changes. ``compute_loss`` runs the student backbone itself (SFTTrainer's own forward
-returns fused per-token log-probs, not a distribution to distil from), projects only the completion
-positions through the LM head in float32, and mixes CE with KD against either an online teacher model
-or sparse top-k teacher log-probs that the collator put in the batch (``teacher_topk_ids`` /
-``teacher_topk_logprobs``, aligned with ``labels``). Datasets, collation, PEFT, logging, saving and
+returns fused per-token log-probs, not a distribution to distil from) and hands the final hidden states
+of the completion positions to ``training.losses.fused_linear_distillation``, which applies the LM head
+and CE + KD chunk by chunk in float32 without ever holding the batch's logits. The teacher is an online
+model (its hidden states, chunked the same way) or sparse top-k log-probs that the collator put in the
+batch (``teacher_topk_ids`` / ``teacher_topk_logprobs``, aligned with ``labels``). Extra objectives
+(``training.objectives``) add weighted terms. Datasets, collation, PEFT, logging, saving and
 ``accelerate launch`` all stay SFTTrainer's.
 """
 
@@ -12,10 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import is_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from trl import SFTTrainer
@@ -23,11 +24,14 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import _ForwardRedirection
 
 from training.kd_config import KDConfig
-from training.losses.kd import combine_losses, cross_entropy_loss, kd_loss, topk_kd_loss
+from training.losses.fused import DenseTeacher, LinearHead, TopKTeacher, fused_linear_distillation
+from training.losses.kd import get_divergence
+from training.objectives import HiddenStateObjective, LayerWeightObjective, Objective, ObjectiveInputs
 
 logger = logging.getLogger(__name__)
 
 TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs")
+OBJECTIVES_FILE = "objectives.safetensors"
 
 
 def _core(model: torch.nn.Module) -> PreTrainedModel:
@@ -35,50 +39,51 @@ def _core(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if is_peft_model(model) else model
 
 
-def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of ``hidden`` ``(N, H)`` in float32, outside autocast: never rounded to bf16."""
+def lm_head(model: PreTrainedModel) -> LinearHead:
+    """The model's output layer as tensors for the fused loss (logit scale and soft-capping included)."""
     head = model.get_output_embeddings()
+    if hasattr(head, "base_layer"):
+        raise ValueError(
+            "the LM head carries a LoRA adapter, which the fused KD loss does not apply; leave lm_head out of "
+            "lora_target_modules (the default all-linear does)"
+        )
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"the LM head is a {type(head).__name__}, expected nn.Linear")
     config = model.config.get_text_config()
-    with torch.autocast(hidden.device.type, enabled=False):
-        bias = None if head.bias is None else head.bias.float()
-        logits = F.linear(hidden.to(head.weight.device).float(), head.weight.float(), bias)  # (N, V)
-        scale = getattr(config, "logit_scale", None)
-        if scale is not None:
-            logits = logits * scale
-        softcap = getattr(config, "final_logit_softcapping", None)
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-    return logits
-
-
-def match_vocab(teacher_logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Teacher logits over the student's vocabulary: padded rows beyond it are dropped, missing rows get -inf."""
-    width = teacher_logits.shape[-1]
-    if width > vocab_size:
-        return teacher_logits[..., :vocab_size]
-    if width < vocab_size:
-        return F.pad(teacher_logits, (0, vocab_size - width), value=float("-inf"))
-    return teacher_logits
+    return LinearHead(
+        head.weight,
+        head.bias,
+        scale=getattr(config, "logit_scale", None),
+        softcap=getattr(config, "final_logit_softcapping", None),
+    )
 
 
 class KDTrainer(SFTTrainer):
     """
-    Distillation trainer: `loss = alpha * KD + (1 - alpha) * CE` on the completion tokens.
+    Distillation trainer: `loss = alpha * KD + (1 - alpha) * CE` on the completion tokens, plus weighted
+    objectives.
 
     Args:
         model: the student, as for [`~trl.SFTTrainer`] (a path, a model or a PEFT model).
         args ([`KDConfig`]): training and distillation options. `args.lora_r > 0` builds the LoRA
-            `peft_config` when none is passed.
+            `peft_config` when none is passed; `args.hidden_loss_weight` / `args.weight_match_weight` add
+            the built-in objectives.
         teacher_model: online teacher, a model or a local path (default `args.teacher_model`). It must share
             the student's tokenizer; a vocabulary only padded larger or smaller is aligned. Run in eval mode
             under `no_grad`.
+        objectives: extra [`training.objectives.Objective`] modules (your own or built-in ones), each added
+            as `objective.weight * value`; their parameters are trained with the student.
         **kwargs: passed to [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, `peft_config`, ...).
 
     With `args.logits_dir` the batches get the stored top-k teacher log-probs from
     `training.collator.TopKCollator`, which needs a pre-tokenized dataset with an `id` column matching
     the stored items (see `training.mcq_data.build_dataset`). Logged per step: `ce_loss`, `kd_loss`,
-    `total_loss` (token means of the micro-batches), besides SFTTrainer's `loss`, `mean_token_accuracy`
-    and `num_tokens`.
+    `<objective>_loss` for each objective (unweighted) and `total_loss` (token means of the micro-batches),
+    besides SFTTrainer's `loss`, `mean_token_accuracy` and `num_tokens`.
+
+    Use this trainer for off-policy distillation on a fixed dataset (generated items, stored top-k
+    logits, extra objectives); TRL's `DistillationTrainer` / `GKDTrainer` distil on-policy from prompts,
+    sampling from the student during training.
     """
 
     _tag_names = ["trl", "sft", "kd", "atkd"]
@@ -91,6 +96,7 @@ class KDTrainer(SFTTrainer):
         teacher_model: str | os.PathLike | PreTrainedModel | None = None,
         data_collator: Any = None,
         peft_config: Any = None,
+        objectives: Sequence[Objective] = (),
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -113,7 +119,9 @@ class KDTrainer(SFTTrainer):
         super().__init__(model, args=args, data_collator=data_collator, peft_config=peft_config, **kwargs)
 
         self._forward_redirection = _ForwardRedirection()
-        self.student_vocab_size = _core(self.accelerator.unwrap_model(self.model)).get_output_embeddings().weight.shape[0]
+        student = _core(self.accelerator.unwrap_model(self.model))
+        self.student_vocab_size = student.get_output_embeddings().weight.shape[0]
+        self.divergence = get_divergence(args.kd_loss_type, args.beta, args.skew)
         self.teacher_model = None
         if teacher_model is not None:
             self.teacher_model = self._prepare_teacher(teacher_model)
@@ -125,6 +133,8 @@ class KDTrainer(SFTTrainer):
             store = TeacherLogits(args.logits_dir)
             logger.info("distilling from stored top-%d logits of %d items in %s", store.k, len(store), store.path)
             self.data_collator = TopKCollator(self.data_collator, store, vocab_size=self.student_vocab_size, top_k=args.top_k)
+        self.objectives = torch.nn.ModuleList([*self._configured_objectives(student), *objectives])
+        self._setup_objectives()
 
     def _prepare_teacher(self, teacher: str | os.PathLike | PreTrainedModel) -> torch.nn.Module:
         if isinstance(teacher, (str, os.PathLike)):
@@ -134,9 +144,91 @@ class KDTrainer(SFTTrainer):
             dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
             teacher = AutoModelForCausalLM.from_pretrained(teacher, dtype=dtype)
         teacher.eval()
+        teacher.requires_grad_(False)
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(teacher, self.accelerator)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    # ------------------------------------------------------------------------------------ objectives
+
+    def _configured_objectives(self, student: PreTrainedModel) -> list[Objective]:
+        """The built-in objectives switched on by KDConfig weights."""
+        args, found = self.args, []
+        if args.hidden_loss_weight == 0 and args.weight_match_weight == 0:
+            return found
+        if self.teacher_model is None:
+            raise ValueError("hidden_loss_weight / weight_match_weight need an online teacher_model")
+        teacher = _core(self.accelerator.unwrap_model(self.teacher_model))
+        if args.hidden_loss_weight > 0:
+            found.append(
+                HiddenStateObjective.from_models(
+                    student, teacher, args.hidden_layer_map, weight=args.hidden_loss_weight, loss_type=args.hidden_loss_type
+                )
+            )
+        if args.weight_match_weight > 0:
+            found.append(
+                LayerWeightObjective.from_models(
+                    student, teacher, args.weight_match_layer_map, modules=tuple(args.weight_match_modules),
+                    weight=args.weight_match_weight,
+                )
+            )
+        return found
+
+    def _setup_objectives(self) -> None:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}")
+        reserved = {"ce", "kd", "total"} & set(names)
+        if reserved:
+            raise ValueError(f"objective names {sorted(reserved)} are reserved for the logged KD components")
+        for objective in self.objectives:
+            if objective.needs_teacher and self.teacher_model is None:
+                raise ValueError(f"objective {objective.name!r} needs an online teacher_model")
+        self.objectives.to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            # Objective parameters live outside the DDP-wrapped student: average their gradients by hand
+            # (every micro-batch; all-reduce is linear, so accumulation stays exact).
+            for param in self.objectives.parameters():
+                param.register_post_accumulate_grad_hook(self._average_across_processes)
+        for objective in self.objectives:
+            logger.info("objective %s (weight %g, %d parameters)", objective.name, objective.weight,
+                        sum(p.numel() for p in objective.parameters()))
+
+    @staticmethod
+    def _average_across_processes(param: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad /= dist.get_world_size()
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        params = [p for p in self.objectives.parameters() if p.requires_grad]
+        if params and not any(p is q for group in optimizer.param_groups for p in group["params"] for q in params[:1]):
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        self._save_objectives(output_dir or self.args.output_dir)
+
+    def _save_objectives(self, output_dir: str) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in self.objectives.state_dict().items()}
+        if state and self.args.should_save:
+            from safetensors.torch import save_file
+
+            save_file(state, os.path.join(output_dir, OBJECTIVES_FILE), metadata={"objectives": ",".join(o.name for o in self.objectives)})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        file = os.path.join(resume_from_checkpoint, OBJECTIVES_FILE)
+        if len(self.objectives) and os.path.isfile(file):
+            from safetensors.torch import load_file
+
+            self.objectives.load_state_dict(load_file(file, device=str(self.args.device)))
+
+    # ------------------------------------------------------------------------------------------ loss
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -153,15 +245,21 @@ class KDTrainer(SFTTrainer):
 
         # Through the wrapper's forward (DDP/FSDP/DeepSpeed hooks fire) although we call the backbone.
         unwrapped = self.accelerator.unwrap_model(model)
-        ce, kd, logits, targets = self._forward_redirection(
+        out, objective_values, n = self._forward_redirection(
             model, unwrapped, self._kd_forward, unwrapped, model_inputs, labels, teacher_topk, num_items_in_batch
         )
-        loss = ce if kd is None else combine_losses(kd, ce, self.args.alpha)
+        loss = out.loss
+        if objective_values:
+            # Objectives are micro-batch means: weight each by its share of the accumulated batch's loss
+            # tokens, as the token sums above are, so accumulation steps add up to one batch.
+            share = 1.0 if num_items_in_batch is None else n / max(float(num_items_in_batch), 1.0)
+            for objective, value in zip(self.objectives, objective_values):
+                loss = loss + objective.weight * share * value
         # As Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
-        self._log_step(mode, inputs, ce, kd, logits, targets, num_items_in_batch)
+        self._log_step(mode, inputs, out, n, objective_values, labels.device)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**model_inputs)
@@ -175,70 +273,91 @@ class KDTrainer(SFTTrainer):
         labels: torch.Tensor,
         teacher_topk: list[torch.Tensor | None],
         num_items_in_batch: int | torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """CE and KD on the completion positions: ``(ce, kd or None, student logits (N, V), targets (N,))``."""
+    ):
+        """Fused CE + KD on the completion positions, and each objective's value: ``(output, values, n_tokens)``."""
         student = _core(unwrapped)
-        hidden = student.base_model(**model_inputs).last_hidden_state  # (B, L, H)
+        need_states = any(o.needs_hidden_states for o in self.objectives)
+        backbone_out = student.base_model(**model_inputs, output_hidden_states=need_states)
+        hidden = backbone_out.last_hidden_state  # (B, L, H)
         shift_labels = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
         mask = shift_labels != -100  # (B, L - 1)
-        logits = head_logits(student, hidden[:, :-1][mask])  # (N, V)
+        selected = hidden[:, :-1][mask]  # (N, H)
         targets = shift_labels[mask]  # (N,)
-        ce = cross_entropy_loss(logits, targets, num_items_in_batch=num_items_in_batch)
 
         ids, logprobs = teacher_topk
-        kd_args = dict(
-            loss_type=self.args.kd_loss_type,
-            beta=self.args.beta,
-            temperature=self.args.temperature,
-            num_items_in_batch=num_items_in_batch,
-        )
-        if ids is not None and logprobs is not None:
+        teacher, teacher_states = None, None
+        if ids is not None and logprobs is not None and self.args.alpha > 0:
             # Stored rows are aligned with labels: row t is the teacher's distribution of token t.
-            kd = topk_kd_loss(logits, ids[:, 1:][mask], logprobs[:, 1:][mask], **kd_args)
-        elif self.teacher_model is not None:
-            teacher_logits = self._teacher_logits(model_inputs, mask)  # (N, V)
-            if self.args.top_k > 0:
-                top_logprobs, top_ids = torch.log_softmax(teacher_logits, dim=-1).topk(self.args.top_k, dim=-1)
-                kd = topk_kd_loss(logits, top_ids, top_logprobs, **kd_args)
-            else:
-                kd = kd_loss(logits, teacher_logits, **kd_args)
+            teacher = TopKTeacher(ids[:, 1:][mask].to(hidden.device), logprobs[:, 1:][mask].to(hidden.device))
+        elif self.teacher_model is not None and (self.args.alpha > 0 or need_states):
+            t_hidden, teacher_states, t_head = self._teacher_forward(model_inputs, mask, need_states)
+            if self.args.alpha > 0:
+                teacher = DenseTeacher(t_hidden.to(hidden.device), t_head, top_k=self.args.top_k)
         elif self.args.alpha > 0:
             raise ValueError(
                 "the batch has no teacher_topk_ids / teacher_topk_logprobs and the trainer has no teacher_model"
             )
-        else:
-            kd = None
-        return ce, kd, logits.detach(), targets
+        out = fused_linear_distillation(
+            selected,
+            lm_head(student),
+            targets,
+            teacher,
+            divergence=self.divergence if teacher is not None else None,
+            alpha=self.args.alpha,
+            temperature=self.args.temperature,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self.args.loss_chunk_size,
+        )
+        values = []
+        if len(self.objectives):
+            inputs = ObjectiveInputs(
+                student=student,
+                teacher=None if self.teacher_model is None else _core(self.accelerator.unwrap_model(self.teacher_model)),
+                student_hidden_states=backbone_out.hidden_states if need_states else None,
+                teacher_hidden_states=teacher_states,
+                attention_mask=model_inputs.get("attention_mask", torch.ones_like(model_inputs["input_ids"])),
+            )
+            values = [objective(inputs) for objective in self.objectives]
+        return out, values, targets.numel()
 
     @torch.no_grad()
-    def _teacher_logits(self, model_inputs: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
+    def _teacher_forward(self, model_inputs: dict[str, Any], mask: torch.Tensor, need_states: bool):
+        """The teacher's final hidden states at the loss positions ``(N, H_t)``, all its hidden states if
+        asked, and its head cut to the student's vocabulary."""
         self.teacher_model.eval()
         unwrapped = self.accelerator.unwrap_model(self.teacher_model)
         teacher = _core(unwrapped)
-        hidden = self._forward_redirection(self.teacher_model, unwrapped, teacher.base_model, **model_inputs)
-        logits = head_logits(teacher, hidden.last_hidden_state[:, :-1][mask.to(hidden.last_hidden_state.device)])
-        return match_vocab(logits, self.student_vocab_size)
+        out = self._forward_redirection(
+            self.teacher_model, unwrapped, teacher.base_model, **model_inputs, output_hidden_states=need_states
+        )
+        last = out.last_hidden_state
+        return last[:, :-1][mask.to(last.device)], (out.hidden_states if need_states else None), lm_head(teacher)
 
-    def _log_step(self, mode, inputs, ce, kd, logits, targets, num_items_in_batch) -> None:
+    def _log_step(self, mode, inputs, out, n, objective_values, device) -> None:
         """Per-micro-batch token means of each component, as SFTTrainer logs its metrics."""
-        n = targets.numel()
-        # The losses are normalised by the accumulated batch's token count; undo that for a micro-batch mean.
-        scale = 1.0 if num_items_in_batch is None else float(num_items_in_batch) / max(n, 1)
         gather = self.accelerator.gather_for_metrics
-        components = {"ce_loss": ce.detach() * scale}
-        if kd is not None:
-            components["kd_loss"] = kd.detach() * scale
-            components["total_loss"] = combine_losses(components["kd_loss"], components["ce_loss"], self.args.alpha)
+        denominator = max(n, 1)
+        components = {"ce_loss": out.ce_sum.detach() / denominator}
+        if out.kd_sum is not None:
+            components["kd_loss"] = out.kd_sum.detach() / denominator
+        total = (1.0 - self.args.alpha) * components["ce_loss"]
+        if "kd_loss" in components:
+            total = total + self.args.alpha * components["kd_loss"]
+        for objective, value in zip(self.objectives, objective_values):
+            components[f"{objective.name}_loss"] = value.detach().float()
+            total = total + objective.weight * components[f"{objective.name}_loss"]
+        if "kd_loss" in components or objective_values:
+            components["total_loss"] = total
         for name, value in components.items():
-            self._metrics[mode][name].append(gather(value.reshape(1)).mean().item())
+            self._metrics[mode][name].append(gather(value.reshape(1).to(device)).mean().item())
 
-        num_valid = gather(torch.tensor([n], device=logits.device)).sum()
-        num_correct = gather((logits.argmax(dim=-1) == targets).sum().reshape(1)).sum()
+        num_valid = gather(torch.tensor([n], device=device)).sum()
+        num_correct = gather(out.num_correct.reshape(1).to(device)).sum()
         self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
         if mode == "train":
             if "attention_mask" in inputs:
                 tokens = gather(inputs["attention_mask"].sum().reshape(1)).sum().item()
             else:
-                tokens = gather(torch.tensor([inputs["input_ids"].numel()], device=logits.device)).sum().item()
+                tokens = gather(torch.tensor([inputs["input_ids"].numel()], device=device)).sum().item()
             self._total_train_tokens += tokens // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]

@@ -4,7 +4,11 @@ Conventions (shared with TRL's ``generalized_jsd_loss`` so results compare with 
 - forward KL is KL(teacher || student) = sum_v p_t (log p_t - log p_s): mass-covering, the classic KD;
 - reverse KL is KL(student || teacher): mode-seeking;
 - generalized JSD(beta) = beta KL(p_t || m) + (1 - beta) KL(p_s || m) with m = beta p_t + (1 - beta) p_s,
-  and, as in TRL, beta = 0 is forward KL and beta = 1 reverse KL (the mixture form vanishes there).
+  and, as in TRL, beta = 0 is forward KL and beta = 1 reverse KL (the mixture form vanishes there);
+- skew forward KL(lambda) = KL(p_t || lambda p_t + (1 - lambda) p_s) and skew reverse KL(lambda) =
+  KL(p_s || lambda p_s + (1 - lambda) p_t) (DistiLLM, Ko et al. 2024): mixing a little of the first
+  argument into the second bounds the divergence and its gradient when the student puts ~0 mass where the
+  teacher does not; lambda = 0 is plain forward / reverse KL.
 Every loss is ``T^2 * divergence`` of the temperature-T distributions, computed in float32, over the
 tokens whose label is not ``ignore_index``, and divided by ``num_items_in_batch`` when given.
 """
@@ -25,7 +29,7 @@ from training.losses.base import (
     topk_distillation_loss,
 )
 
-KD_LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd")
+KD_LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
 
 
 def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
@@ -56,7 +60,30 @@ def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
     return beta * _kl(teacher_logp, mixture) + (1.0 - beta) * _kl(student_logp, mixture)
 
 
-def get_divergence(loss_type: str, beta: float = 0.5) -> Divergence:
+def _check_skew(skew: float) -> None:
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"skew must be in [0, 1), got {skew}")
+
+
+def skew_forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, skew: float = 0.1) -> torch.Tensor:
+    """KL(p_t || skew p_t + (1 - skew) p_s) per token."""
+    _check_skew(skew)
+    if skew == 0.0:
+        return forward_kl(student_logp, teacher_logp)
+    mixture = torch.logaddexp(teacher_logp + math.log(skew), student_logp + math.log1p(-skew))
+    return _kl(teacher_logp, mixture)
+
+
+def skew_reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, skew: float = 0.1) -> torch.Tensor:
+    """KL(p_s || skew p_s + (1 - skew) p_t) per token."""
+    _check_skew(skew)
+    if skew == 0.0:
+        return reverse_kl(student_logp, teacher_logp)
+    mixture = torch.logaddexp(student_logp + math.log(skew), teacher_logp + math.log1p(-skew))
+    return _kl(student_logp, mixture)
+
+
+def get_divergence(loss_type: str, beta: float = 0.5, skew: float = 0.1) -> Divergence:
     """The per-token divergence named ``loss_type`` (one of ``KD_LOSS_TYPES``)."""
     if loss_type == "forward_kl":
         return forward_kl
@@ -66,6 +93,9 @@ def get_divergence(loss_type: str, beta: float = 0.5) -> Divergence:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")
         return partial(generalized_jsd, beta=beta)
+    if loss_type in ("skew_forward_kl", "skew_reverse_kl"):
+        _check_skew(skew)
+        return partial(skew_forward_kl if loss_type == "skew_forward_kl" else skew_reverse_kl, skew=skew)
     raise ValueError(f"unknown KD loss type {loss_type!r}; choose one of {', '.join(KD_LOSS_TYPES)}")
 
 
@@ -76,13 +106,14 @@ def kd_loss(
     *,
     loss_type: str = "forward_kl",
     beta: float = 0.5,
+    skew: float = 0.1,
     temperature: float = 1.0,
     ignore_index: int = -100,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense KD loss from student and teacher logits ``(..., V)`` aligned with ``labels`` ``(...)``."""
     return dense_distillation_loss(
-        get_divergence(loss_type, beta),
+        get_divergence(loss_type, beta, skew),
         student_logits,
         teacher_logits,
         labels,
@@ -100,6 +131,7 @@ def topk_kd_loss(
     *,
     loss_type: str = "forward_kl",
     beta: float = 0.5,
+    skew: float = 0.1,
     temperature: float = 1.0,
     ignore_index: int = -100,
     num_items_in_batch: int | torch.Tensor | None = None,
@@ -109,7 +141,7 @@ def topk_kd_loss(
     See ``training.losses.base.topk_bucket_log_probs`` for the exact formula.
     """
     return topk_distillation_loss(
-        get_divergence(loss_type, beta),
+        get_divergence(loss_type, beta, skew),
         student_logits,
         teacher_topk_ids,
         teacher_topk_logprobs,
