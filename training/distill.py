@@ -90,7 +90,8 @@ def distill(
     trainer runs with ``output_dir`` set to a temporary sibling folder that is renamed into place at the
     end, so ``config.output_dir`` is not used. With no items the student is saved unchanged (steps 0).
     Returns ``steps, items, mode, tokens, train_time, train_loss, ce_loss, kd_loss, total_loss, lora,
-    output_dir``; the losses are the last logged per-component values.
+    output_dir`` and ``<objective>_loss`` for each objective; the losses are the last logged values.
+    Works unchanged under ``accelerate launch`` (only the main process writes).
     """
     from transformers import AutoTokenizer
 
@@ -106,16 +107,26 @@ def distill(
         raise ValueError("distill needs an online teacher or stored logits, not both")
     mode = "offline" if config.logits_dir else "online" if config.teacher_model else "sft"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(usual_mode(directory=True))  # mkdtemp makes 0700; the finished folder is read by other users and servers
+    # Under `accelerate launch` every process runs this function; only the main one writes files. The
+    # temporary folder has a fixed name so that all processes hand the same output_dir to the Trainer
+    # (which saves from the main process only).
+    from accelerate import PartialState
+
+    main = PartialState().is_main_process
+    tmp = out.parent / f".{out.name}.tmp"
+    if main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
+        tmp.mkdir(mode=usual_mode(directory=True))
+    PartialState().wait_for_everyone()
     try:
         metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
                                    "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,
-                                   "lora": config.lora_r > 0, "output_dir": str(out)}
+                                   "lora": config.lora_r > 0, "output_dir": str(out), "processes": PartialState().num_processes}
         if not items:
             logger.warning("no training items: saving the student from %s unchanged", student_path)
-            shutil.copytree(student_path, tmp, dirs_exist_ok=True)
+            if main:
+                shutil.copytree(student_path, tmp, dirs_exist_ok=True)
         else:
             tokenizer = AutoTokenizer.from_pretrained(student_path)
             config.output_dir = str(tmp)
@@ -125,19 +136,22 @@ def distill(
             result = trainer.train()
             trainer.save_model(str(tmp))
             history = trainer.state.log_history
+            # Every logged component (ce_loss, kd_loss, total_loss, <objective>_loss), last value of each.
+            losses = {key for entry in history for key in entry if key.endswith("_loss") and not key.startswith(("eval_", "train_"))}
             metrics.update(
                 steps=trainer.state.global_step,
                 tokens=_last_logged(history, "num_tokens") or 0,
                 train_time=result.metrics.get("train_runtime", 0.0),
                 train_loss=result.training_loss,
-                ce_loss=_last_logged(history, "ce_loss"),
-                kd_loss=_last_logged(history, "kd_loss"),
-                total_loss=_last_logged(history, "total_loss"),
+                **{key: _last_logged(history, key) for key in sorted(losses)},
             )
-        atomic_write_json(tmp / METRICS_FILE, metrics)
-        _replace_dir(tmp, out)
+        if main:
+            atomic_write_json(tmp / METRICS_FILE, metrics)
+            _replace_dir(tmp, out)
+        PartialState().wait_for_everyone()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("distilled %d items in %d steps (%s) into %s", len(items), metrics["steps"], mode, out)
     return metrics
@@ -170,7 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metrics = distill(student, items, config.output_dir, config, teacher_path=teacher)
-    print(json.dumps(metrics, indent=2))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one copy under accelerate launch
+        print(json.dumps(metrics, indent=2))
     return 0
 
 

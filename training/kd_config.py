@@ -11,6 +11,15 @@ from trl import SFTConfig
 from training.losses.kd import KD_LOSS_TYPES
 
 
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return (
+        torch.cuda.is_available()
+        or (xpu is not None and xpu.is_available())
+        or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    )
+
+
 @dataclass
 class KDConfig(SFTConfig):
     r"""
@@ -24,7 +33,8 @@ class KDConfig(SFTConfig):
 
     Differences from [`~trl.SFTConfig`]: `bf16` and `gradient_checkpointing` default to whether CUDA is
     available (both on with a GPU, both off on CPU, where bf16 autocast is slow and checkpointing only
-    costs time); an explicit value is always kept. `kd_loss_type` is not `loss_type`: SFTConfig's
+    costs time); an explicit value is always kept. Without any accelerator `use_cpu` is set, so several
+    launched CPU processes train data-parallel instead of each training alone. `kd_loss_type` is not `loss_type`: SFTConfig's
     `loss_type` ("nll"/"dft") still names the CE variant that SFTTrainer validates.
     """
 
@@ -139,6 +149,11 @@ class KDConfig(SFTConfig):
     )
 
     def __post_init__(self) -> None:
+        if not self.use_cpu and not _has_accelerator():
+            # Explicit CPU mode is what lets accelerate set up CPU data parallelism (gloo) when launched with
+            # several processes (`accelerate launch --multi_gpu --num_processes 2` or torchrun) on a machine
+            # without a GPU; on one process it changes nothing.
+            self.use_cpu = True
         cuda = torch.cuda.is_available() and not self.use_cpu
         if self.bf16 is None:
             self.bf16 = cuda and not self.fp16

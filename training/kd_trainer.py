@@ -334,24 +334,26 @@ class KDTrainer(SFTTrainer):
         return last[:, :-1][mask.to(last.device)], (out.hidden_states if need_states else None), lm_head(teacher)
 
     def _log_step(self, mode, inputs, out, n, objective_values, device) -> None:
-        """Per-micro-batch token means of each component, as SFTTrainer logs its metrics."""
+        """Each component of this micro-batch (all processes), as SFTTrainer logs its metrics."""
         gather = self.accelerator.gather_for_metrics
-        denominator = max(n, 1)
-        components = {"ce_loss": out.ce_sum.detach() / denominator}
+        # CE and KD: token means over every process's micro-batch (sums and counts gathered, not means).
+        num_valid = gather(torch.tensor([n], device=device)).sum()
+        denominator = num_valid.clamp(min=1).float()
+        components = {"ce_loss": gather(out.ce_sum.detach().reshape(1).to(device)).sum() / denominator}
         if out.kd_sum is not None:
-            components["kd_loss"] = out.kd_sum.detach() / denominator
+            components["kd_loss"] = gather(out.kd_sum.detach().reshape(1).to(device)).sum() / denominator
         total = (1.0 - self.args.alpha) * components["ce_loss"]
         if "kd_loss" in components:
             total = total + self.args.alpha * components["kd_loss"]
         for objective, value in zip(self.objectives, objective_values):
-            components[f"{objective.name}_loss"] = value.detach().float()
-            total = total + objective.weight * components[f"{objective.name}_loss"]
+            mean = gather(value.detach().float().reshape(1).to(device)).mean()
+            components[f"{objective.name}_loss"] = mean
+            total = total + objective.weight * mean
         if "kd_loss" in components or objective_values:
             components["total_loss"] = total
         for name, value in components.items():
-            self._metrics[mode][name].append(gather(value.reshape(1).to(device)).mean().item())
+            self._metrics[mode][name].append(value.item())
 
-        num_valid = gather(torch.tensor([n], device=device)).sum()
         num_correct = gather(out.num_correct.reshape(1).to(device)).sum()
         self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
         if mode == "train":
