@@ -117,6 +117,9 @@ def extract_teacher_logits(
     rows = tokenize_items(items, tokenizer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The index is the commit point: drop an old one first, so shards being rewritten are never read
+    # through an index that describes other contents (a killed run leaves a folder without logits).
+    (out_dir / INDEX).unlink(missing_ok=True)
 
     index_items: list[dict[str, Any]] = []
     shards: list[dict[str, Any]] = []
@@ -240,3 +243,61 @@ class TeacherLogits:
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers get a copy without open file handles; each reopens its shards.
         return {**self.__dict__, "_handles": {}}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.teacher_logits --teacher SPEC --data FILE.jsonl... --out DIR [--k 32]``."""
+    import argparse
+    import sys
+
+    from data.cli import add_dataclass_options, dataclass_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="python -m training.teacher_logits",
+        description="Store a teacher's top-k log-probs for the completion tokens of MCQ items (safetensors shards "
+        "+ index.json), for `python -m training.distill --logits DIR`. The teacher must share the student's tokenizer.",
+    )
+    parser.add_argument("--teacher", required=True, help="teacher model spec: smollm2, hf:PATH, vllm:PATH (prompt_logprobs)")
+    parser.add_argument("--data", required=True, nargs="+", help="MCQ JSONL file(s) (MCQItem or GeneratedItem lines)")
+    parser.add_argument("--out", required=True, help="output folder (refused if it holds logits, unless --force)")
+    parser.add_argument("--k", type=int, default=32, help="log-probs kept per token (default 32: 196 bytes/token)")
+    parser.add_argument("--tokenizer", help="tokenizer folder if the engine has none (default: the teacher's)")
+    parser.add_argument("--items-per-shard", type=int, default=256, help="items per shard file and engine call (default 256)")
+    parser.add_argument("--force", action="store_true", help="replace logits already stored in --out")
+    from engines import EngineConfig
+
+    add_dataclass_options(parser, EngineConfig, skip=("api_key_env", "concurrency", "timeout_s", "max_retries"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from engines import load_engine
+    from engines.smollm2 import ModelNotFoundError
+    from training.mcq_data import read_training_items
+
+    out = Path(args.out)
+    try:
+        if (out / INDEX).exists() and not args.force:
+            raise ValueError(f"{out / INDEX} exists: these logits would be replaced; pass --force or choose another --out")
+        if args.k < 1 or args.items_per_shard < 1:
+            raise ValueError("--k and --items-per-shard must be >= 1")
+        items = read_training_items(args.data)
+        config = dataclass_from_args(EngineConfig, args)
+        if config.engine == "vllm" or args.teacher.startswith("vllm:"):
+            config.max_logprobs = max(config.max_logprobs, args.k)
+        engine = load_engine(args.teacher, config)
+    except (ValueError, DataError, OSError, ModelNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        stats = extract_teacher_logits(engine, items, out, args.k, tokenizer=args.tokenizer, items_per_shard=args.items_per_shard)
+    finally:
+        engine.close()
+    print(json.dumps({"items": len(items), **stats, "out": str(out)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""How close a student is to its teacher, token by token: KL(teacher || student) and top-1 agreement.
+
+Measured on the completion tokens of MCQ items (the tokens distillation trains: the assistant answer
+and its end-of-turn token), both models fed the same sequences, full vocabularies, T = 1:
+
+    python -m training.fidelity --student runs/kd-student --teacher smollm2 --data dev.jsonl --limit 200
+
+These are the quantities distillation optimises, so they show whether it worked before any accuracy
+difference is measurable on a small model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from data.records import MCQItem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Fidelity:
+    items: int
+    tokens: int
+    kl: float  # mean over completion tokens of KL(teacher || student), nats
+    top1_agreement: float  # share of completion tokens where both models' argmax is the same token
+    student_nll: float  # mean -log p_student(actual token)
+    teacher_nll: float
+
+
+def _load(path_or_model: Any, dtype):
+    from transformers import AutoModelForCausalLM
+
+    if not isinstance(path_or_model, (str, bytes)) and hasattr(path_or_model, "forward"):
+        return path_or_model
+    return AutoModelForCausalLM.from_pretrained(str(path_or_model), dtype=dtype)
+
+
+def teacher_fidelity(
+    student: Any,
+    teacher: Any,
+    items: Sequence[MCQItem],
+    tokenizer: Any,
+    *,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> Fidelity:
+    """Compare ``student`` with ``teacher`` (models or folders) on the completion tokens of ``items``.
+
+    Teacher and student must share ``tokenizer``; a teacher head padded wider is cut to the student's
+    vocabulary (as in training).
+    """
+    import torch
+
+    from training.losses.base import tempered_log_probs
+    from training.mcq_data import tokenize_items
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32
+    student_model = _load(student, dtype).to(device).eval()
+    teacher_model = _load(teacher, dtype).to(device).eval()
+    vocab = student_model.get_output_embeddings().weight.shape[0]
+    rows = tokenize_items(items, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    kl_sum = agree = s_nll = t_nll = 0.0
+    tokens = 0
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(rows), batch_size), desc="fidelity", unit="batch", leave=False):
+            chunk = rows[start : start + batch_size]
+            width = max(len(r["input_ids"]) for r in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for i, r in enumerate(chunk):
+                n = len(r["input_ids"])
+                ids[i, :n] = torch.tensor(r["input_ids"])
+                mask[i, :n] = 1
+                labels[i, :n] = torch.tensor(r["labels"])
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            s_logits = student_model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab]
+            target = labels[:, 1:]
+            keep = target != -100
+            s_lp = tempered_log_probs(s_logits[keep], 1.0)  # (N, V)
+            t_lp = tempered_log_probs(t_logits[keep], 1.0)
+            y = target[keep]
+            kl_sum += (t_lp.exp() * (t_lp - s_lp)).sum().item()
+            agree += (s_lp.argmax(-1) == t_lp.argmax(-1)).sum().item()
+            s_nll -= s_lp.gather(-1, y[:, None]).sum().item()
+            t_nll -= t_lp.gather(-1, y[:, None]).sum().item()
+            tokens += int(keep.sum())
+    n = max(tokens, 1)
+    return Fidelity(len(rows), tokens, kl_sum / n, agree / n, s_nll / n, t_nll / n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.fidelity", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", required=True, help="student model spec or folder (smollm2?layers=15, PATH)")
+    parser.add_argument("--teacher", required=True, help="teacher model spec or folder (same tokenizer)")
+    parser.add_argument("--data", required=True, nargs="+", help="MCQ JSONL file(s)")
+    parser.add_argument("--limit", type=int, default=0, help="first N items only (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from transformers import AutoTokenizer
+
+    from data.records import DataError
+    from engines.smollm2 import ModelNotFoundError
+    from training.collator import check_same_tokenizer
+    from training.distill import resolve_model_path
+    from training.mcq_data import read_training_items
+
+    try:
+        items = read_training_items(args.data)
+        if args.limit < 0:
+            raise ValueError(f"--limit must be >= 0, got {args.limit}")
+        items = items[: args.limit] if args.limit else items
+        student, teacher = resolve_model_path(args.student), resolve_model_path(args.teacher)
+        tokenizer = AutoTokenizer.from_pretrained(student)
+        check_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(teacher))
+    except (ValueError, DataError, OSError, ModelNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = teacher_fidelity(student, teacher, items, tokenizer, batch_size=args.batch_size)
+    print(json.dumps(asdict(result), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
