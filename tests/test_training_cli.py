@@ -52,7 +52,7 @@ def test_teacher_logits_cli(tmp_path, data_file, tiny_teacher_path, capsys):
 def test_fidelity(tmp_path, shared_data_dir, data_file, tiny_model_path, tiny_teacher_path, capsys):
     from transformers import AutoTokenizer
 
-    from training.fidelity import main, teacher_fidelity
+    from training.fidelity import main, teacher_fidelity, teacher_targets
 
     items = small_items(shared_data_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
@@ -62,6 +62,11 @@ def test_fidelity(tmp_path, shared_data_dir, data_file, tiny_model_path, tiny_te
     assert same.student_nll == pytest.approx(same.teacher_nll)
     other = teacher_fidelity(tiny_model_path, tiny_teacher_path, items, tokenizer, batch_size=2)
     assert other.tokens == same.tokens and other.kl > 0 and 0 <= other.top1_agreement <= 1
+    # The teacher's side computed once and reused gives the same figures.
+    targets = teacher_targets(tiny_teacher_path, items, tokenizer, batch_size=2)
+    reused = teacher_fidelity(tiny_model_path, targets)
+    assert reused.tokens == other.tokens and reused.kl == pytest.approx(other.kl, rel=1e-5)
+    assert reused.top1_agreement == other.top1_agreement
 
     assert main(["--student", str(tiny_model_path), "--teacher", str(tiny_teacher_path), "--data", str(data_file),
                  "--limit", "2"]) == 0

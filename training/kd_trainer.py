@@ -39,25 +39,6 @@ def _core(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if is_peft_model(model) else model
 
 
-def lm_head(model: PreTrainedModel) -> LinearHead:
-    """The model's output layer as tensors for the fused loss (logit scale and soft-capping included)."""
-    head = model.get_output_embeddings()
-    if hasattr(head, "base_layer"):
-        raise ValueError(
-            "the LM head carries a LoRA adapter, which the fused KD loss does not apply; leave lm_head out of "
-            "lora_target_modules (the default all-linear does)"
-        )
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"the LM head is a {type(head).__name__}, expected nn.Linear")
-    config = model.config.get_text_config()
-    return LinearHead(
-        head.weight,
-        head.bias,
-        scale=getattr(config, "logit_scale", None),
-        softcap=getattr(config, "final_logit_softcapping", None),
-    )
-
-
 class KDTrainer(SFTTrainer):
     """
     Distillation trainer: `loss = alpha * KD + (1 - alpha) * CE` on the completion tokens, plus weighted
@@ -299,7 +280,7 @@ class KDTrainer(SFTTrainer):
             )
         out = fused_linear_distillation(
             selected,
-            lm_head(student),
+            LinearHead.of(student),
             targets,
             teacher,
             divergence=self.divergence if teacher is not None else None,
@@ -331,7 +312,7 @@ class KDTrainer(SFTTrainer):
             self.teacher_model, unwrapped, teacher.base_model, **model_inputs, output_hidden_states=need_states
         )
         last = out.last_hidden_state
-        return last[:, :-1][mask.to(last.device)], (out.hidden_states if need_states else None), lm_head(teacher)
+        return last[:, :-1][mask.to(last.device)], (out.hidden_states if need_states else None), LinearHead.of(teacher)
 
     def _log_step(self, mode, inputs, out, n, objective_values, device) -> None:
         """Each component of this micro-batch (all processes), as SFTTrainer logs its metrics."""

@@ -45,6 +45,25 @@ class LinearHead:
     scale: float | None = None
     softcap: float | None = None
 
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "LinearHead":
+        """The output layer of a transformers causal LM (logit scale and soft-capping from its config)."""
+        head = model.get_output_embeddings()
+        if hasattr(head, "base_layer"):
+            raise ValueError(
+                "the LM head carries a LoRA adapter, which the fused KD loss does not apply; leave lm_head out of "
+                "lora_target_modules (the default all-linear does)"
+            )
+        if not isinstance(head, torch.nn.Linear):
+            raise ValueError(f"the LM head is a {type(head).__name__}, expected nn.Linear")
+        config = model.config.get_text_config()
+        return cls(
+            head.weight,
+            head.bias,
+            scale=getattr(config, "logit_scale", None),
+            softcap=getattr(config, "final_logit_softcapping", None),
+        )
+
     def transform(self, logits: torch.Tensor) -> torch.Tensor:
         """Scale and soft-cap raw float32 logits (differentiable)."""
         if self.scale is not None:
