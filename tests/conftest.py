@@ -34,3 +34,27 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the shared development data at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# The training tests' data: 4 small clinical items, tokenized by the tiny student's (SmolLM2's) tokenizer.
+
+
+@pytest.fixture(scope="session")
+def items(shared_data_dir):
+    from tests.test_training_teacher_logits import small_items
+
+    return small_items(shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def dataset(items, tokenizer):
+    from training.mcq_data import build_dataset
+
+    return build_dataset(items, tokenizer)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training_teacher_logits import TinyTopKEngine, small_items
+from tests.test_training_teacher_logits import TinyTopKEngine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,25 +54,6 @@ def test_kdconfig_defaults_and_range_checks(tmp_path):
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
             KDConfig(output_dir=str(tmp_path), **kwargs)
-
-
-@pytest.fixture(scope="module")
-def items(shared_data_dir):
-    return small_items(shared_data_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_path)
-
-
-@pytest.fixture(scope="module")
-def dataset(items, tokenizer):
-    from training.mcq_data import build_dataset
-
-    return build_dataset(items, tokenizer)
 
 
 @pytest.fixture(scope="module")

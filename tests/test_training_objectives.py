@@ -14,28 +14,8 @@ import pytest
 import torch
 
 from tests.test_training import _config
-from tests.test_training_teacher_logits import small_items
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def items(shared_data_dir):
-    return small_items(shared_data_dir)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_path)
-
-
-@pytest.fixture(scope="module")
-def dataset(items, tokenizer):
-    from training.mcq_data import build_dataset
-
-    return build_dataset(items, tokenizer)
 
 
 def test_parse_layer_map():

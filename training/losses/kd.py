@@ -75,12 +75,8 @@ def skew_forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, skew
 
 
 def skew_reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, skew: float = 0.1) -> torch.Tensor:
-    """KL(p_s || skew p_s + (1 - skew) p_t) per token."""
-    _check_skew(skew)
-    if skew == 0.0:
-        return reverse_kl(student_logp, teacher_logp)
-    mixture = torch.logaddexp(student_logp + math.log(skew), teacher_logp + math.log1p(-skew))
-    return _kl(student_logp, mixture)
+    """KL(p_s || skew p_s + (1 - skew) p_t) per token: skew forward KL with the roles swapped."""
+    return skew_forward_kl(teacher_logp, student_logp, skew)
 
 
 def get_divergence(loss_type: str, beta: float = 0.5, skew: float = 0.1) -> Divergence:
