@@ -69,8 +69,8 @@ def _reset_peak(device: str) -> None:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS (Linux)
-        except OSError:
-            pass
+        except OSError as e:
+            print(f"warning: cannot reset the peak-memory mark ({e}); peak_mib includes model set-up", file=sys.stderr)
 
 
 def _peak_mib(device: str) -> float:

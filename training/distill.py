@@ -112,17 +112,18 @@ def distill(
     # (which saves from the main process only).
     from accelerate import PartialState
 
-    main = PartialState().is_main_process
+    state = PartialState()
+    main = state.is_main_process
     tmp = out.parent / f".{out.name}.tmp"
     if main:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run that was killed
         tmp.mkdir(mode=usual_mode(directory=True))
-    PartialState().wait_for_everyone()
+    state.wait_for_everyone()
     try:
         metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
                                    "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,
-                                   "lora": config.lora_r > 0, "output_dir": str(out), "processes": PartialState().num_processes}
+                                   "lora": config.lora_r > 0, "output_dir": str(out), "processes": state.num_processes}
         if not items:
             logger.warning("no training items: saving the student from %s unchanged", student_path)
             if main:
@@ -148,7 +149,7 @@ def distill(
         if main:
             atomic_write_json(tmp / METRICS_FILE, metrics)
             _replace_dir(tmp, out)
-        PartialState().wait_for_everyone()
+        state.wait_for_everyone()
     except BaseException:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)

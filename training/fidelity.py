@@ -78,6 +78,7 @@ class TeacherTargets:
     rows: list[dict[str, Any]]
     logprobs: list[Any]  # one (N_b, V) tensor per batch
     batch_size: int
+    pad_id: int
 
 
 def teacher_targets(teacher: Any, items: Sequence[MCQItem], tokenizer: Any, *, vocab_size: int | None = None,
@@ -98,7 +99,7 @@ def teacher_targets(teacher: Any, items: Sequence[MCQItem], tokenizer: Any, *, v
         for ids, mask, targets in tqdm(_batches(rows, batch_size, pad, device), total=-(-len(rows) // batch_size),
                                        desc="teacher", unit="batch", leave=False):
             out.append(_completion_log_probs(model, ids, mask, targets, vocab).cpu())
-    return TeacherTargets(rows, out, batch_size)
+    return TeacherTargets(rows, out, batch_size, pad)
 
 
 def teacher_fidelity(
@@ -126,10 +127,9 @@ def teacher_fidelity(
         if items is None or tokenizer is None:
             raise ValueError("items and tokenizer are needed unless teacher is precomputed TeacherTargets")
         teacher = teacher_targets(teacher, items, tokenizer, vocab_size=vocab, batch_size=batch_size, device=device)
-    pad = 0 if tokenizer is None or tokenizer.pad_token_id is None else tokenizer.pad_token_id
     kl_sum = agree = s_nll = t_nll = 0.0
     tokens = 0
-    batches = _batches(teacher.rows, teacher.batch_size, pad, device)
+    batches = _batches(teacher.rows, teacher.batch_size, teacher.pad_id, device)
     with torch.inference_mode():
         for (ids, mask, targets), t_lp in tqdm(zip(batches, teacher.logprobs), total=len(teacher.logprobs),
                                                desc="student", unit="batch", leave=False):

@@ -185,8 +185,10 @@ class KDTrainer(SFTTrainer):
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        params = [p for p in self.objectives.parameters() if p.requires_grad]
-        if params and not any(p is q for group in optimizer.param_groups for p in group["params"] for q in params[:1]):
+        # Trainer returns an existing optimizer unchanged: add only what it does not hold yet.
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.objectives.parameters() if p.requires_grad and id(p) not in held]
+        if params:
             optimizer.add_param_group({"params": params, "weight_decay": 0.0})
         return optimizer
 

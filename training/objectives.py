@@ -19,6 +19,7 @@ for weights, i is decoder layer i (0-based). New objectives subclass ``Objective
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ class ObjectiveInputs:
     attention_mask: torch.Tensor  # (B, L), 1 on real tokens
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """Base class: ``forward(inputs) -> scalar`` averaged over this micro-batch.
 
     Class attributes tell the trainer what to compute: ``needs_hidden_states`` (student and teacher run
@@ -55,8 +56,9 @@ class Objective(nn.Module):
         self.name = name
         self.weight = float(weight)
 
-    def forward(self, inputs: ObjectiveInputs) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        """This micro-batch's value (a scalar tensor, differentiable where it should train something)."""
 
 
 def parse_layer_map(spec: str | dict[int, int], student_layers: int, teacher_layers: int, *, hidden_states: bool) -> dict[int, int]:
@@ -121,10 +123,6 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     return weight
 
 
-def _rect_eye(rows: int, cols: int) -> torch.Tensor:
-    return torch.eye(rows, cols)
-
-
 class HiddenStateObjective(Objective):
     """Projected student hidden states match the teacher's at mapped layers, on every real token.
 
@@ -155,7 +153,7 @@ class HiddenStateObjective(Objective):
         for s in self.layer_map:
             proj = nn.Linear(student_size, teacher_size, bias=False)
             with torch.no_grad():
-                proj.weight.copy_(_rect_eye(teacher_size, student_size))
+                proj.weight.copy_(torch.eye(teacher_size, student_size))
             self.projections[str(s)] = proj
 
     @classmethod
@@ -212,9 +210,9 @@ class LayerWeightObjective(Objective):
             (out_s, in_s), (out_t, in_t) = student_shapes[module], teacher_shapes[module]
             key = module.replace(".", "__")
             if out_s != out_t:
-                self.left[key] = nn.Parameter(_rect_eye(out_t, out_s))
+                self.left[key] = nn.Parameter(torch.eye(out_t, out_s))
             if in_s != in_t:
-                self.right[key] = nn.Parameter(_rect_eye(in_s, in_t))
+                self.right[key] = nn.Parameter(torch.eye(in_s, in_t))
 
     @classmethod
     def from_models(

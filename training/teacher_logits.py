@@ -284,9 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.k < 1 or args.items_per_shard < 1:
             raise ValueError("--k and --items-per-shard must be >= 1")
         items = read_training_items(args.data)
-        config = dataclass_from_args(EngineConfig, args)
-        if config.engine == "vllm" or args.teacher.startswith("vllm:"):
-            config.max_logprobs = max(config.max_logprobs, args.k)
+        # vLLM (also when --engine auto picks it) must be started able to return k log-probs; others ignore it.
+        config = dataclass_from_args(EngineConfig, args, max_logprobs=max(args.max_logprobs, args.k))
         engine = load_engine(args.teacher, config)
     except (ValueError, DataError, OSError, ModelNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
