@@ -293,7 +293,7 @@ def evaluate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from eval.mcq import score_items
+    from eval.mcq import assign_nodes, score_items
     from eval.metrics import paired_summary, write_metrics
     from eval.records import Reply
     from tree import AbilityTree
@@ -308,15 +308,17 @@ def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     trained = ctx.run.stage(it, "train")
     after_result = score_items(ctx.engines.get(f"hf:{trained}"), items)
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
+    before, after = assign_nodes(before, items, tree), assign_nodes(after_result.replies, items, tree)
     write_jsonl(out / "before.jsonl", before)
-    write_jsonl(out / "after.jsonl", after_result.replies)
-    summary = paired_summary(before, after_result.replies, items, tree)
+    write_jsonl(out / "after.jsonl", after)
+    summary = paired_summary(before, after, items, tree)
     write_metrics(out, summary)
     return {
         "n": len(items),
         "chance": summary["chance"],
         "before": summary["before"],
         "after": summary["after"],
+        **{k: summary[k] for k in ("delta", "delta_ci95", "gained", "lost", "bootstrap_p", "mcnemar_p")},
         "items_per_s": after_result.items_per_s,
     }
 

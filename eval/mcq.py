@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from data.records import MCQItem
+from tree.ability_tree import AbilityTree
 from engines.base import Engine, Prompt, SamplingParams
 from prompts.extract import extract_answer
 from eval.records import Reply
@@ -137,6 +138,8 @@ def _logprob_reply(item: MCQItem, logprobs: dict[str, float]) -> Reply:
         correct=parsed == item.answer_idx,
         logprobs=finite,
         mode="logprob",
+        source=item.source,
+        n_options=len(item.options),
     )
 
 
@@ -150,4 +153,12 @@ def _generate_reply(item: MCQItem, text: str) -> Reply:
         key=item.answer_idx,
         correct=parsed == item.answer_idx,
         mode="generate",
+        source=item.source,
+        n_options=len(item.options),
     )
+
+
+def assign_nodes(replies: Sequence[Reply], items: Sequence[MCQItem], tree: AbilityTree) -> list[Reply]:
+    """The replies with the tree node each item is counted under (what per_item.jsonl records)."""
+    by_id = {it.id: it for it in items}
+    return [r.model_copy(update={"node": tree.node_of(by_id[r.id])}) for r in replies]

@@ -1,8 +1,17 @@
 """Accuracy with 95% intervals: overall, per source, per tree node (a node counts its whole subtree).
 
-Wilson score intervals, because eval sets per node are small (tens of items) and accuracies of a
-small student sit near chance, where the normal approximation is poor. Every block carries the
-chance level (the mean of 1 / number of options), the number a reader must compare against.
+Intervals are percentile bootstrap intervals by default (``MetricsConfig.interval``): the evaluation
+sets of a node are small (tens of items) and a small student sits near chance, where the normal
+approximation is poor. For 0/1 outcomes the number correct in a bootstrap resample of n items is
+exactly Binomial(n, k/n), and the four agreement counts of a paired resample are exactly
+Multinomial(n, observed cell shares); so resamples are drawn from those distributions directly, which
+is the same bootstrap at O(resamples) cost instead of O(resamples × n). Wilson score intervals are
+the alternative (``interval="wilson"``); they do not collapse to a point at 0% or 100%.
+
+Every block carries the chance level (the mean of 1 / number of options: items have 3, 4, 5 or 10),
+the number a reader must compare against. Paired comparisons (two models, or the student before and
+after an iteration, on the same items) report the difference with a paired-bootstrap interval, the
+paired-bootstrap p-value and the exact McNemar p-value.
 """
 
 from __future__ import annotations
@@ -11,17 +20,45 @@ import csv
 import io
 import logging
 import math
+import zlib
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from data.records import MCQItem, atomic_write_json, atomic_write_text
 from eval.records import Reply
-from tree.ability_tree import AbilityTree
+from tree.ability_tree import SEP, AbilityTree
 
 logger = logging.getLogger(__name__)
 
-Z95 = 1.959963984540054  # standard normal 97.5% quantile
+Z95 = 1.959963984540054  # standard normal 97.5% quantile (a constant of nature, not configuration)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """How intervals and paired tests are computed; stored in metrics.json beside the numbers."""
+
+    interval: str = "bootstrap"  # "bootstrap" (percentile) or "wilson"
+    confidence: float = 0.95
+    resamples: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.interval not in ("bootstrap", "wilson"):
+            raise ValueError(f"interval must be 'bootstrap' or 'wilson', got {self.interval!r}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.resamples < 100:
+            raise ValueError(f"resamples must be >= 100, got {self.resamples}")
+        if self.interval == "wilson" and self.confidence != 0.95:
+            raise ValueError("the Wilson interval is implemented for confidence 0.95 only")
+
+    def rng(self, key: str) -> np.random.Generator:
+        """A generator per block, so a block's interval does not depend on which other blocks exist."""
+        return np.random.default_rng([self.seed, zlib.crc32(key.encode("utf-8"))])
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -37,50 +74,26 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _block(rows: Sequence[tuple[Reply, MCQItem]]) -> dict[str, Any]:
-    n = len(rows)
-    correct = sum(r.correct for r, _ in rows)
-    lo, hi = wilson_interval(correct, n)
-    return {
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else None,
-        "ci95": [lo, hi],
-        "chance": sum(1 / len(it.options) for _, it in rows) / n if n else None,
-        "unparsed": sum(r.parsed_answer is None for r, _ in rows),
-    }
+def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(samples, [tail, 1 - tail], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
-def _join(replies: Iterable[Reply], items: Iterable[MCQItem]) -> list[tuple[Reply, MCQItem]]:
-    by_id = {it.id: it for it in items}
-    rows = []
-    for r in replies:
-        if r.id not in by_id:
-            raise ValueError(f"reply {r.id!r} has no matching item")
-        rows.append((r, by_id[r.id]))
-    return rows
+def bootstrap_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig(), key: str = "") -> tuple[float, float]:
+    """Percentile bootstrap interval of an accuracy of ``correct`` out of ``n``; (0, 1) with no data."""
+    if n < 0 or not 0 <= correct <= max(n, 0):
+        raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    draws = config.rng(key).binomial(n, correct / n, size=config.resamples) / n
+    return _percentiles(draws, config.confidence)
 
 
-def node_results(replies: Iterable[Reply], items: Iterable[MCQItem], tree: AbilityTree) -> list[tuple[str, str, bool]]:
-    """``(item_id, node_id, correct)`` triples, the input of ``AbilityTree.record``."""
-    return [(r.id, tree.node_of(it), r.correct) for r, it in _join(replies, items)]
-
-
-def summarize(replies: Sequence[Reply], items: Iterable[MCQItem], tree: AbilityTree | None = None) -> dict[str, Any]:
-    """Overall, per-source and (with a tree) per-node accuracy blocks; JSON-serialisable."""
-    rows = _join(replies, items)
-    by_source: dict[str, list[tuple[Reply, MCQItem]]] = defaultdict(list)
-    for row in rows:
-        by_source[row[1].source].append(row)
-    summary = {**_block(rows), "by_source": {s: _block(by_source[s]) for s in sorted(by_source)}}
-    if tree is not None:
-        by_node: dict[str, list[tuple[Reply, MCQItem]]] = defaultdict(list)
-        for row in rows:
-            node = tree.node_of(row[1])
-            for member in (node, *tree.ancestors(node)):
-                by_node[member].append(row)
-        summary["by_node"] = {n: {"depth": tree.depth(n), **_block(by_node[n])} for n in tree.nodes() if n in by_node}
-    return summary
+def accuracy_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig(), key: str = "") -> tuple[float, float]:
+    if config.interval == "wilson":
+        return wilson_interval(correct, n)
+    return bootstrap_interval(correct, n, config, key)
 
 
 def mcnemar_exact_p(gained: int, lost: int) -> float:
@@ -93,51 +106,198 @@ def mcnemar_exact_p(gained: int, lost: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def paired_summary(before: Sequence[Reply], after: Sequence[Reply], items: Iterable[MCQItem],
-                   tree: AbilityTree | None = None) -> dict[str, Any]:
-    """Compare two scorings of the same items (the student before and after an iteration's training)."""
-    items = list(items)
-    b, a = {r.id: r for r in before}, {r.id: r for r in after}
-    if set(b) != set(a):
-        missing = sorted(set(b) ^ set(a))
-        raise ValueError(f"before and after replies cover different items, e.g. {missing[:3]}")
-    gained = sum(1 for i in a if a[i].correct and not b[i].correct)
-    lost = sum(1 for i in a if b[i].correct and not a[i].correct)
-    sb, sa = summarize(before, items, tree), summarize(after, items, tree)
+def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig(),
+                     key: str = "") -> dict[str, Any]:
+    """Difference of accuracies (after − before) on the same items, resampling items (pairs).
+
+    Returns the difference, its percentile interval, the two-sided bootstrap p-value (twice the share
+    of resampled differences on the other side of zero, Koehn 2004's paired bootstrap test), the
+    discordant counts and the exact McNemar p-value.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes differ in length: {len(before)} vs {len(after)}")
+    n = len(before)
+    b, a = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    gained, lost = int((a & ~b).sum()), int((b & ~a).sum())
+    out: dict[str, Any] = {"n": n, "gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact_p(gained, lost)}
+    if n == 0:
+        return {**out, "delta": None, "delta_ci95": [-1.0, 1.0], "bootstrap_p": 1.0}
+    delta = (gained - lost) / n
+    # Only the discordant cells move the difference; the concordant ones share the rest of the mass.
+    cells = config.rng(key).multinomial(n, [gained / n, lost / n, 1 - (gained + lost) / n], size=config.resamples)
+    deltas = (cells[:, 0] - cells[:, 1]) / n
+    lo, hi = _percentiles(deltas, config.confidence)
+    if gained == lost:
+        p = 1.0
+    else:
+        other_side = np.mean(deltas <= 0) if delta > 0 else np.mean(deltas >= 0)
+        p = min(1.0, 2 * float(other_side))
+    return {**out, "delta": delta, "delta_ci95": [lo, hi], "bootstrap_p": p}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One scored item reduced to what metrics need: where it belongs and whether it was right."""
+
+    id: str
+    source: str
+    n_options: int
+    correct: bool
+    unparsed: bool
+    nodes: tuple[str, ...] = ()  # its node and every ancestor: a node's block counts its whole subtree
+
+
+def _node_chain(node: str | None, tree: AbilityTree | None) -> tuple[str, ...]:
+    if not node:
+        return ()
+    if tree is not None:
+        return (node, *tree.ancestors(node))
+    parts = node.split(SEP)  # node ids are paths from the root
+    return tuple(SEP.join(parts[:d]) for d in range(len(parts), 0, -1))
+
+
+def outcomes(replies: Iterable[Reply], items: Iterable[MCQItem] | None = None,
+             tree: AbilityTree | None = None) -> list[Outcome]:
+    """Join replies with their items (source, option count, tree node); without items, the reply's own fields."""
+    by_id = {it.id: it for it in items} if items is not None else None
+    out = []
+    for r in replies:
+        if by_id is not None:
+            if r.id not in by_id:
+                raise ValueError(f"reply {r.id!r} has no matching item")
+            it = by_id[r.id]
+            source, n_options, node = it.source, len(it.options), tree.node_of(it) if tree is not None else r.node
+        else:
+            if r.n_options is None:
+                raise ValueError(f"reply {r.id!r} lacks n_options: score it again with this version, or pass the items")
+            source, n_options, node = r.source or "unknown", r.n_options, r.node
+        out.append(Outcome(r.id, source, n_options, r.correct, r.parsed_answer is None, _node_chain(node, tree)))
+    return out
+
+
+def _block(rows: Sequence[Outcome], config: MetricsConfig, key: str) -> dict[str, Any]:
+    n = len(rows)
+    correct = sum(o.correct for o in rows)
+    lo, hi = accuracy_interval(correct, n, config, key)
     return {
-        "n": sa["n"],
-        "chance": sa["chance"],
-        "before": sb,
-        "after": sa,
-        "delta": (sa["accuracy"] - sb["accuracy"]) if sa["n"] else None,
-        "gained": gained,
-        "lost": lost,
-        "mcnemar_p": mcnemar_exact_p(gained, lost),
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else None,
+        "ci95": [lo, hi],
+        "chance": sum(1 / o.n_options for o in rows) / n if n else None,
+        "unparsed": sum(o.unparsed for o in rows),
     }
 
 
+def _group(rows: Iterable[Outcome]) -> tuple[dict[str, list[Outcome]], dict[str, list[Outcome]]]:
+    by_source: dict[str, list[Outcome]] = defaultdict(list)
+    by_node: dict[str, list[Outcome]] = defaultdict(list)
+    for o in rows:
+        by_source[o.source].append(o)
+        for node in o.nodes:
+            by_node[node].append(o)
+    return by_source, by_node
+
+
+def _node_order(by_node: dict[str, Any], tree: AbilityTree | None) -> list[str]:
+    """Tree order (depth-first as stored) with a tree, else sorted paths (a parent before its children)."""
+    return [n for n in tree.nodes() if n in by_node] if tree is not None else sorted(by_node)
+
+
+def summarize_outcomes(rows: Sequence[Outcome], config: MetricsConfig = MetricsConfig(),
+                       tree: AbilityTree | None = None) -> dict[str, Any]:
+    by_source, by_node = _group(rows)
+    summary = {
+        **_block(rows, config, "all"),
+        "by_source": {s: _block(by_source[s], config, f"source:{s}") for s in sorted(by_source)},
+        "intervals": asdict(config),
+    }
+    if by_node:
+        summary["by_node"] = {
+            n: {"depth": n.count(SEP), **_block(by_node[n], config, f"node:{n}")} for n in _node_order(by_node, tree)
+        }
+    return summary
+
+
+def summarize(replies: Sequence[Reply], items: Iterable[MCQItem], tree: AbilityTree | None = None,
+              config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
+    """Overall, per-source and (with a tree) per-node accuracy blocks; JSON-serialisable."""
+    return summarize_outcomes(outcomes(replies, items, tree), config, tree)
+
+
+def node_results(replies: Iterable[Reply], items: Iterable[MCQItem], tree: AbilityTree) -> list[tuple[str, str, bool]]:
+    """``(item_id, node_id, correct)`` triples, the input of ``AbilityTree.record``."""
+    return [(o.id, o.nodes[0], o.correct) for o in outcomes(replies, items, tree)]
+
+
+def _paired_block(pairs: Sequence[tuple[Outcome, Outcome]], config: MetricsConfig, key: str) -> dict[str, Any]:
+    test = paired_bootstrap([b.correct for b, _ in pairs], [a.correct for _, a in pairs], config, key)
+    return {**test, "chance": sum(1 / a.n_options for _, a in pairs) / len(pairs) if pairs else None}
+
+
+def paired_outcomes(before: Sequence[Outcome], after: Sequence[Outcome], config: MetricsConfig = MetricsConfig(),
+                    tree: AbilityTree | None = None) -> dict[str, Any]:
+    """Summaries of both scorings of the same items and the paired differences, overall, per source and node."""
+    b, a = {o.id: o for o in before}, {o.id: o for o in after}
+    if set(b) != set(a):
+        missing = sorted(set(b) ^ set(a))
+        raise ValueError(f"the two scorings cover different items ({len(missing)} differ, e.g. {missing[:3]})")
+    pairs = [(b[i], a[i]) for i in a]
+    by_source: dict[str, list[tuple[Outcome, Outcome]]] = defaultdict(list)
+    by_node: dict[str, list[tuple[Outcome, Outcome]]] = defaultdict(list)
+    for pair in pairs:
+        by_source[pair[1].source].append(pair)
+        for node in pair[1].nodes:
+            by_node[node].append(pair)
+    sb, sa = summarize_outcomes(list(b.values()), config, tree), summarize_outcomes(list(a.values()), config, tree)
+    overall = _paired_block(pairs, config, "all")
+    return {
+        **overall,
+        "before": sb,
+        "after": sa,
+        "by_source": {s: _paired_block(by_source[s], config, f"source:{s}") for s in sorted(by_source)},
+        "by_node": {n: {"depth": n.count(SEP), **_paired_block(by_node[n], config, f"node:{n}")}
+                    for n in _node_order(by_node, tree)},
+        "intervals": asdict(config),
+    }
+
+
+def paired_summary(before: Sequence[Reply], after: Sequence[Reply], items: Iterable[MCQItem],
+                   tree: AbilityTree | None = None, config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
+    """Compare two scorings of the same items (the student before and after an iteration's training)."""
+    items = list(items)
+    return paired_outcomes(outcomes(before, items, tree), outcomes(after, items, tree), config, tree)
+
+
+_FIELDS = ["n", "correct", "accuracy", "ci95_lo", "ci95_hi", "chance", "unparsed"]
+_PAIRED_FIELDS = ["delta", "delta_ci95_lo", "delta_ci95_hi", "gained", "lost", "bootstrap_p", "mcnemar_p"]
+
+
+def _cells(block: dict[str, Any] | None) -> list[Any]:
+    if block is None:
+        return [""] * len(_FIELDS)
+    return [block["n"], block["correct"], block["accuracy"], block["ci95"][0], block["ci95"][1],
+            block["chance"], block["unparsed"]]
+
+
+def _paired_cells(block: dict[str, Any] | None) -> list[Any]:
+    if block is None:
+        return [""] * len(_PAIRED_FIELDS)
+    return [block["delta"], block["delta_ci95"][0], block["delta_ci95"][1], block["gained"], block["lost"],
+            block["bootstrap_p"], block["mcnemar_p"]]
+
+
 def _csv_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Rows of per_node.csv: one block per node, or before/after columns for a paired summary."""
-    fields = ["n", "correct", "accuracy", "ci95_lo", "ci95_hi", "chance", "unparsed"]
-
-    def cells(block: dict[str, Any] | None) -> list[Any]:
-        if block is None:
-            return [""] * len(fields)
-        return [block["n"], block["correct"], block["accuracy"], block["ci95"][0], block["ci95"][1],
-                block["chance"], block["unparsed"]]
-
+    """Rows of per_node.csv: one block per node, or before/after/difference columns for a paired summary."""
     if "before" in summary and "after" in summary:
         before, after = summary["before"].get("by_node", {}), summary["after"].get("by_node", {})
-        header = ["node", "depth"] + [f"before_{f}" for f in fields] + [f"after_{f}" for f in fields] + ["delta"]
-        rows = []
-        for node in dict.fromkeys([*after, *before]):
-            blk_b, blk_a = before.get(node), after.get(node)
-            delta = blk_a["accuracy"] - blk_b["accuracy"] if blk_a and blk_b and blk_a["n"] and blk_b["n"] else ""
-            depth = (blk_a or blk_b)["depth"]
-            rows.append([node, depth, *cells(blk_b), *cells(blk_a), delta])
+        paired = summary.get("by_node", {})
+        header = ["node", "depth", *(f"before_{f}" for f in _FIELDS), *(f"after_{f}" for f in _FIELDS), *_PAIRED_FIELDS]
+        rows = [[node, (after.get(node) or before[node])["depth"], *_cells(before.get(node)), *_cells(after.get(node)),
+                 *_paired_cells(paired.get(node))] for node in dict.fromkeys([*after, *before])]
         return header, rows
     by_node = summary.get("by_node", {})
-    return ["node", "depth", *fields], [[node, blk["depth"], *cells(blk)] for node, blk in by_node.items()]
+    return ["node", "depth", *_FIELDS], [[node, blk["depth"], *_cells(blk)] for node, blk in by_node.items()]
 
 
 def write_metrics(out_dir: str | Path, summary: dict[str, Any]) -> tuple[Path, Path]:

@@ -15,7 +15,9 @@ class Reply(BaseModel):
 
     ``prompt`` is the rendered user text (without few-shot turns), ``output`` what the model produced
     (generate mode) or a summary of the letters' log-probs (logprob mode), ``parsed_answer`` the letter
-    read from it (None when nothing could be read), ``key`` the correct letter.
+    read from it (None when nothing could be read), ``key`` the correct letter. ``source``,
+    ``n_options`` (for the chance level) and ``node`` (the ability-tree node it was counted under) let
+    a file of replies be summarised and compared without the data files it came from.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -28,3 +30,6 @@ class Reply(BaseModel):
     correct: bool
     logprobs: dict[str, float] = {}
     mode: Literal["logprob", "generate"] = "logprob"
+    source: str | None = None
+    n_options: int | None = None
+    node: str | None = None

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from data.records import MCQItem
-from eval.metrics import mcnemar_exact_p, node_results, paired_summary, summarize, wilson_interval, write_metrics
+from eval.metrics import bootstrap_interval, mcnemar_exact_p, node_results, paired_summary, summarize, wilson_interval, write_metrics
 from eval.records import Reply
 from tree import AbilityTree
 
@@ -64,7 +64,7 @@ def test_summarize_per_source_and_node(data):
     items, tree, replies = data
     s = summarize(replies, items, tree)
     assert (s["n"], s["correct"], s["unparsed"]) == (10, 5, 1)
-    assert s["accuracy"] == 0.5 and s["ci95"] == pytest.approx(list(wilson_interval(5, 10)))
+    assert s["accuracy"] == 0.5 and s["ci95"] == pytest.approx(list(bootstrap_interval(5, 10, key="all")))
     assert s["chance"] == pytest.approx((6 * 0.25 + 4 / 3) / 10)
     assert s["by_source"]["pubmedqa"]["chance"] == pytest.approx(1 / 3)
     assert (s["by_source"]["mmlu"]["n"], s["by_source"]["mmlu"]["correct"]) == (6, 4)
