@@ -15,18 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from data.records import atomic_write_json
+from data.run_layout import MARKER, STAGE_DIRS
 
-# Stage folder names: the run-directory contract of docs/run_dir.md.
-STAGE_DIRS = {
-    "infer": "A_student_reply",
-    "analyze": "B_student_tree",
-    "generate": "C_distill_data",
-    "validate": "D_validated_data",
-    "label": "E_teacher_logits",
-    "train": "F_student_model",
-    "evaluate": "G_eval",
-}
-MARKER = ".done.json"
+__all__ = ["MARKER", "STAGE_DIRS", "RunDir", "fingerprint"]
 
 
 def _hash_path(path: Path, h: "hashlib._Hash") -> None:

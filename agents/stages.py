@@ -323,6 +323,20 @@ def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     }
 
 
+def write_run_report(root: Path) -> Path | None:
+    """report.md, report.html and plots/ of the run so far; a failure is logged, never fatal: the
+    iteration's outputs are already on disk and ``python -m eval report`` can write it again."""
+    from eval.report import write_report
+
+    try:
+        return write_report(root)
+    except Exception:  # noqa: BLE001 (a plotting problem must not stop a run after training)
+        logger.exception("the report of %s was not written; retry with: python -m eval report %s", root, root)
+        return None
+
+
 def advance(ctx: LoopContext, state: LoopState, summary: dict[str, Any]) -> dict[str, Any]:
-    """The trained student becomes the student of the next iteration."""
+    """After evaluate's marker is written: the report covers this iteration, and the trained student
+    becomes the student of the next iteration."""
+    write_run_report(ctx.run.root)
     return {"iteration": state["iteration"] + 1, "student": f"hf:{ctx.run.stage(state['iteration'], 'train')}"}

@@ -5,8 +5,10 @@ sets of a node are small (tens of items) and a small student sits near chance, w
 approximation is poor. For 0/1 outcomes the number correct in a bootstrap resample of n items is
 exactly Binomial(n, k/n), and the four agreement counts of a paired resample are exactly
 Multinomial(n, observed cell shares); so resamples are drawn from those distributions directly, which
-is the same bootstrap at O(resamples) cost instead of O(resamples × n). Wilson score intervals are
-the alternative (``interval="wilson"``); they do not collapse to a point at 0% or 100%.
+is the same bootstrap at O(resamples) cost instead of O(resamples × n). Where the bootstrap cannot be
+trusted (few items, all right or all wrong, few items that changed) Wilson score intervals, Newcombe's
+paired interval and the exact McNemar test take over (``MetricsConfig``); ``interval="wilson"`` uses
+them everywhere.
 
 Every block carries the chance level (the mean of 1 / number of options: items have 3, 4, 5 or 10),
 the number a reader must compare against. Paired comparisons (two models, or the student before and
@@ -20,10 +22,10 @@ import csv
 import io
 import logging
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -39,12 +41,21 @@ Z95 = 1.959963984540054  # standard normal 97.5% quantile (a constant of nature,
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """How intervals and paired tests are computed; stored in metrics.json beside the numbers."""
+    """How intervals and paired tests are computed; stored in metrics.json beside the numbers.
 
-    interval: str = "bootstrap"  # "bootstrap" (percentile) or "wilson"
+    The percentile bootstrap cannot reach beyond the observed values: 0 right of 8 gives [0, 0], and one
+    item that changed gives p = 0. So blocks with fewer than ``min_bootstrap_n`` items, or with every
+    item right or every item wrong, get the Wilson score interval; paired comparisons with fewer than
+    ``min_discordant`` items that changed get only McNemar's exact p-value and Newcombe's interval for
+    paired proportions (built from Wilson intervals). Each block says which method it used.
+    """
+
+    interval: str = "bootstrap"  # "bootstrap" (percentile, with the fallbacks above) or "wilson"
     confidence: float = 0.95
     resamples: int = 10_000
     seed: int = 0
+    min_bootstrap_n: int = 20
+    min_discordant: int = 10
 
     def __post_init__(self) -> None:
         if self.interval not in ("bootstrap", "wilson"):
@@ -53,12 +64,17 @@ class MetricsConfig:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.resamples < 100:
             raise ValueError(f"resamples must be >= 100, got {self.resamples}")
-        if self.interval == "wilson" and self.confidence != 0.95:
-            raise ValueError("the Wilson interval is implemented for confidence 0.95 only")
+        if self.min_bootstrap_n < 1 or self.min_discordant < 1:
+            raise ValueError("min_bootstrap_n and min_discordant must be >= 1")
 
-    def rng(self, key: str) -> np.random.Generator:
-        """A generator per block, so a block's interval does not depend on which other blocks exist."""
-        return np.random.default_rng([self.seed, zlib.crc32(key.encode("utf-8"))])
+    @property
+    def z(self) -> float:
+        return NormalDist().inv_cdf(0.5 + self.confidence / 2)
+
+    def rng(self, *counts: int) -> np.random.Generator:
+        """A generator seeded by the block's counts: an interval is a function of (counts, config) only,
+        so a source and a node holding the same items show the same interval."""
+        return np.random.default_rng([self.seed, *counts])
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -80,20 +96,21 @@ def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig(), key: str = "") -> tuple[float, float]:
+def bootstrap_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig()) -> tuple[float, float]:
     """Percentile bootstrap interval of an accuracy of ``correct`` out of ``n``; (0, 1) with no data."""
     if n < 0 or not 0 <= correct <= max(n, 0):
         raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
     if n == 0:
         return 0.0, 1.0
-    draws = config.rng(key).binomial(n, correct / n, size=config.resamples) / n
+    draws = config.rng(correct, n).binomial(n, correct / n, size=config.resamples) / n
     return _percentiles(draws, config.confidence)
 
 
-def accuracy_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig(), key: str = "") -> tuple[float, float]:
-    if config.interval == "wilson":
-        return wilson_interval(correct, n)
-    return bootstrap_interval(correct, n, config, key)
+def accuracy_interval(correct: int, n: int, config: MetricsConfig = MetricsConfig()) -> tuple[float, float, str]:
+    """(low, high, method): the bootstrap interval where it is reliable, else Wilson's (see MetricsConfig)."""
+    if config.interval == "bootstrap" and n >= config.min_bootstrap_n and 0 < correct < n:
+        return (*bootstrap_interval(correct, n, config), "bootstrap")
+    return (*wilson_interval(correct, n, config.z), "wilson")
 
 
 def mcnemar_exact_p(gained: int, lost: int) -> float:
@@ -106,8 +123,7 @@ def mcnemar_exact_p(gained: int, lost: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig(),
-                     key: str = "") -> dict[str, Any]:
+def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
     """Difference of accuracies (after − before) on the same items, resampling items (pairs).
 
     Returns the difference, its percentile interval, the two-sided bootstrap p-value (twice the share
@@ -124,7 +140,7 @@ def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: Metr
         return {**out, "delta": None, "delta_ci95": [-1.0, 1.0], "bootstrap_p": 1.0}
     delta = (gained - lost) / n
     # Only the discordant cells move the difference; the concordant ones share the rest of the mass.
-    cells = config.rng(key).multinomial(n, [gained / n, lost / n, 1 - (gained + lost) / n], size=config.resamples)
+    cells = config.rng(gained, lost, n).multinomial(n, [gained / n, lost / n, 1 - (gained + lost) / n], size=config.resamples)
     deltas = (cells[:, 0] - cells[:, 1]) / n
     lo, hi = _percentiles(deltas, config.confidence)
     if gained == lost:
@@ -133,6 +149,44 @@ def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: Metr
         other_side = np.mean(deltas <= 0) if delta > 0 else np.mean(deltas >= 0)
         p = min(1.0, 2 * float(other_side))
     return {**out, "delta": delta, "delta_ci95": [lo, hi], "bootstrap_p": p}
+
+
+def newcombe_paired_interval(both: int, gained: int, lost: int, neither: int, z: float = Z95) -> tuple[float, float]:
+    """Newcombe's (1998, Stat Med 17:2635, method 10) interval for the difference of paired proportions,
+    after − before = (gained − lost)/n, from the Wilson intervals of the two accuracies and their
+    (continuity-corrected) correlation; it stays inside [−1, 1] and does not collapse with few changes."""
+    n = both + gained + lost + neither
+    if n == 0:
+        return -1.0, 1.0
+    p_after, p_before = (both + gained) / n, (both + lost) / n
+    l1, u1 = wilson_interval(both + gained, n, z)
+    l2, u2 = wilson_interval(both + lost, n, z)
+    phi = 0.0
+    denom = (both + gained) * (lost + neither) * (both + lost) * (gained + neither)
+    if denom > 0:
+        cross = both * neither - gained * lost
+        corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+        phi = corrected / math.sqrt(denom)
+    delta = p_after - p_before
+    lower = delta - math.sqrt(max(0.0, (p_after - l1) ** 2 - 2 * phi * (p_after - l1) * (u2 - p_before) + (u2 - p_before) ** 2))
+    upper = delta + math.sqrt(max(0.0, (u1 - p_after) ** 2 - 2 * phi * (u1 - p_after) * (p_before - l2) + (p_before - l2) ** 2))
+    return max(-1.0, lower), min(1.0, upper)
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
+    """``paired_bootstrap`` where enough items changed; else McNemar's p only, and Newcombe's interval."""
+    if config.interval == "bootstrap":
+        boot = paired_bootstrap(before, after, config)
+        if boot["gained"] + boot["lost"] >= config.min_discordant:
+            return {**boot, "delta_ci_method": "bootstrap"}
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes differ in length: {len(before)} vs {len(after)}")
+    n = len(before)
+    b, a = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    both, gained, lost = int((a & b).sum()), int((a & ~b).sum()), int((b & ~a).sum())
+    lo, hi = newcombe_paired_interval(both, gained, lost, n - both - gained - lost, config.z)
+    return {"n": n, "gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact_p(gained, lost), "bootstrap_p": None,
+            "delta": (gained - lost) / n if n else None, "delta_ci95": [lo, hi], "delta_ci_method": "newcombe"}
 
 
 @dataclass(frozen=True)
@@ -175,15 +229,16 @@ def outcomes(replies: Iterable[Reply], items: Iterable[MCQItem] | None = None,
     return out
 
 
-def _block(rows: Sequence[Outcome], config: MetricsConfig, key: str) -> dict[str, Any]:
+def _block(rows: Sequence[Outcome], config: MetricsConfig) -> dict[str, Any]:
     n = len(rows)
     correct = sum(o.correct for o in rows)
-    lo, hi = accuracy_interval(correct, n, config, key)
+    lo, hi, method = accuracy_interval(correct, n, config)
     return {
         "n": n,
         "correct": correct,
         "accuracy": correct / n if n else None,
         "ci95": [lo, hi],
+        "ci_method": method,
         "chance": sum(1 / o.n_options for o in rows) / n if n else None,
         "unparsed": sum(o.unparsed for o in rows),
     }
@@ -208,13 +263,13 @@ def summarize_outcomes(rows: Sequence[Outcome], config: MetricsConfig = MetricsC
                        tree: AbilityTree | None = None) -> dict[str, Any]:
     by_source, by_node = _group(rows)
     summary = {
-        **_block(rows, config, "all"),
-        "by_source": {s: _block(by_source[s], config, f"source:{s}") for s in sorted(by_source)},
+        **_block(rows, config),
+        "by_source": {s: _block(by_source[s], config) for s in sorted(by_source)},
         "intervals": asdict(config),
     }
     if by_node:
         summary["by_node"] = {
-            n: {"depth": n.count(SEP), **_block(by_node[n], config, f"node:{n}")} for n in _node_order(by_node, tree)
+            n: {"depth": n.count(SEP), **_block(by_node[n], config)} for n in _node_order(by_node, tree)
         }
     return summary
 
@@ -230,8 +285,8 @@ def node_results(replies: Iterable[Reply], items: Iterable[MCQItem], tree: Abili
     return [(o.id, o.nodes[0], o.correct) for o in outcomes(replies, items, tree)]
 
 
-def _paired_block(pairs: Sequence[tuple[Outcome, Outcome]], config: MetricsConfig, key: str) -> dict[str, Any]:
-    test = paired_bootstrap([b.correct for b, _ in pairs], [a.correct for _, a in pairs], config, key)
+def _paired_block(pairs: Sequence[tuple[Outcome, Outcome]], config: MetricsConfig) -> dict[str, Any]:
+    test = paired_difference([b.correct for b, _ in pairs], [a.correct for _, a in pairs], config)
     return {**test, "chance": sum(1 / a.n_options for _, a in pairs) / len(pairs) if pairs else None}
 
 
@@ -250,13 +305,13 @@ def paired_outcomes(before: Sequence[Outcome], after: Sequence[Outcome], config:
         for node in pair[1].nodes:
             by_node[node].append(pair)
     sb, sa = summarize_outcomes(list(b.values()), config, tree), summarize_outcomes(list(a.values()), config, tree)
-    overall = _paired_block(pairs, config, "all")
+    overall = _paired_block(pairs, config)
     return {
         **overall,
         "before": sb,
         "after": sa,
-        "by_source": {s: _paired_block(by_source[s], config, f"source:{s}") for s in sorted(by_source)},
-        "by_node": {n: {"depth": n.count(SEP), **_paired_block(by_node[n], config, f"node:{n}")}
+        "by_source": {s: _paired_block(by_source[s], config) for s in sorted(by_source)},
+        "by_node": {n: {"depth": n.count(SEP), **_paired_block(by_node[n], config)}
                     for n in _node_order(by_node, tree)},
         "intervals": asdict(config),
     }

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from data.records import MCQItem, read_items, read_jsonl
+from tree import AbilityTree
 from eval.__main__ import evaluate_files, main
 from prompts.extract import extract_answer
 from eval.mcq import score_items
@@ -109,8 +110,12 @@ def test_bad_arguments(engine, mixed_items):
 def test_evaluate_files_writes_outputs(engine, shared_data_dir, tmp_path):
     items = read_items([shared_data_dir / "mmlu_dev.jsonl"])[:4] + read_items([shared_data_dir / "pubmedqa_dev.jsonl"])[:3]
     result, summary = evaluate_files(engine, items, out=tmp_path)
-    replies = read_jsonl(tmp_path / "replies.jsonl", Reply)
+    replies = read_jsonl(tmp_path / "per_item.jsonl", Reply)
     assert [r.id for r in replies] == [it.id for it in items]
+    # Each record can be summarised without the data files: source, option count and node ride along.
+    tree = AbilityTree.from_items(items)
+    assert [(r.source, r.n_options, r.node) for r in replies] == [(it.source, len(it.options), tree.node_of(it)) for it in items]
+    assert replies[0].node == "clinical medicine/" + "/".join(items[0].ability_path[1:])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["by_source"]) == {"mmlu", "pubmedqa"}
     assert metrics["by_source"]["pubmedqa"]["chance"] == pytest.approx(1 / 3)
@@ -138,5 +143,5 @@ def test_cli_end_to_end(tiny_model_path, shared_data_dir, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "mmlu" in out and "medqa" in out and "items/s" in out and "25.0%" in out  # 4 options: chance 25%
-    assert len(read_jsonl(tmp_path / "replies.jsonl", Reply)) == 6
+    assert len(read_jsonl(tmp_path / "per_item.jsonl", Reply)) == 6
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 6

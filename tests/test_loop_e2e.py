@@ -106,6 +106,10 @@ def test_kill_during_generate_then_resume(tmp_path, small_domain, tiny_teacher_p
     assert "iteration 1: generate" in resumed.stderr
     report = (run / "report.md").read_text()
     assert "| 1 |" in report
+    # The evaluate node wrote the report with its figures (eval.report), the same one eval report writes.
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(list((run / "plots").glob("*.png"))) >= 3
+    assert (run / "plots" / "accuracy_by_iteration.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
