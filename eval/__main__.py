@@ -151,7 +151,7 @@ def make_parser() -> argparse.ArgumentParser:
     mcq.add_argument("--limit", type=int, default=None, help="at most N items from each file")
     mcq.add_argument("--shots", type=int, default=0, help="solved examples before each question, from the same data, never the question itself")
     mcq.add_argument("--batch-size", type=int, default=None, help="prompts per engine call (default: all at once; the engine batches within)")
-    mcq.add_argument("--engine", default="auto", help="backend: auto, transformers, vllm, openai (default auto: vLLM when installed)")
+    mcq.add_argument("--engine", default="auto", help="backend: auto, transformers, vllm, openai (default auto: vLLM where CUDA and vllm are present, else transformers)")
     mcq.add_argument("--tree", type=Path, default=None, help="ability tree JSON: metrics per node (default: nodes from the items' ability paths)")
     mcq.add_argument("--depth", type=int, default=1, help="tree depth of the node rows in the printed table (default 1; 0: none)")
     mcq.add_argument("--out", type=Path, default=None, help="write per_item.jsonl, metrics.json and per_node.csv here")
