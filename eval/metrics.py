@@ -119,7 +119,7 @@ def mcnemar_exact_p(gained: int, lost: int) -> float:
     if m == 0:
         return 1.0
     k = min(gained, lost)
-    tail = math.fsum(math.comb(m, i) for i in range(k + 1)) / 2.0**m
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / (1 << m)  # exact integers: no overflow at m > 1000
     return min(1.0, 2.0 * tail)
 
 
@@ -140,7 +140,7 @@ def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: Metr
         return {**out, "delta": None, "delta_ci95": [-1.0, 1.0], "bootstrap_p": 1.0}
     delta = (gained - lost) / n
     # Only the discordant cells move the difference; the concordant ones share the rest of the mass.
-    cells = config.rng(gained, lost, n).multinomial(n, [gained / n, lost / n, 1 - (gained + lost) / n], size=config.resamples)
+    cells = config.rng(gained, lost, n).multinomial(n, [gained / n, lost / n, max(0.0, 1 - (gained + lost) / n)], size=config.resamples)
     deltas = (cells[:, 0] - cells[:, 1]) / n
     lo, hi = _percentiles(deltas, config.confidence)
     if gained == lost:

@@ -155,6 +155,7 @@ def accuracy_figure(run: RunResults, config: MetricsConfig, evals: dict[int, dic
     ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.18, linewidth=0, label="95% interval")
     ax.plot(xs, ys, "o-", color="tab:blue", label=f"eval accuracy (n={first['n']})")
     probe = [(it.number - 1, it.summary("infer")) for it in run.iterations if it.summary("infer").get("n")]
+    pci: list[tuple[float, float, str]] = []
     if probe:
         px = [x for x, _ in probe]
         py = [s["accuracy"] for _, s in probe]
@@ -165,7 +166,8 @@ def accuracy_figure(run: RunResults, config: MetricsConfig, evals: dict[int, dic
         ax.axhline(first["chance"], color="tab:red", linestyle=":", label=f"chance ({_pct(first['chance'])})")
     ax.set_xticks(xs, ["start" if x == xs[0] else f"after {x}" for x in xs])
     ax.set_ylabel("accuracy")
-    ax.set_ylim(0, max(1e-9, *hi, first.get("chance") or 0) * 1.15)
+    top = max([1e-9, *hi, first.get("chance") or 0.0, *(c[1] for c in pci)])
+    ax.set_ylim(0, min(1.05, top * 1.15))
     ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
     ax.set_title("Student accuracy by iteration")
     ax.legend(fontsize=8, loc="lower right")
@@ -296,17 +298,14 @@ def run_paired(run: RunResults, config: MetricsConfig) -> dict[str, Any] | None:
     evaluated = run.evaluated
     if not evaluated:
         return None
-    first, last = _stage_file(evaluated[0], "before.jsonl"), _stage_file(evaluated[-1], "after.jsonl")
-    for path in (first, last):
-        if not path.is_file():
-            raise ReportError(f"{path}: missing (the evaluate stage writes it)")
-    before, after = read_jsonl(first, Reply), read_jsonl(last, Reply)
-    node = {r.id: r.node for r in after}
-    before = [r.model_copy(update={"node": node.get(r.id)}) for r in before]
     try:
+        before = read_jsonl(_stage_file(evaluated[0], "before.jsonl"), Reply)
+        after = read_jsonl(_stage_file(evaluated[-1], "after.jsonl"), Reply)
+        node = {r.id: r.node for r in after}
+        before = [r.model_copy(update={"node": node.get(r.id)}) for r in before]
         return paired_outcomes(outcomes(before), outcomes(after), config)
-    except ValueError as e:  # replies of an older version (no option count), or another eval set
-        logger.warning("no per-node comparison over the run: %s", e)
+    except (ValueError, OSError) as e:  # a missing file, replies of an older version, or another eval set
+        logger.warning("no comparison of the run's start and its newest student: %s", e)
         return None
 
 

@@ -7,7 +7,9 @@ Rules, first match wins:
    the lettered option list back (lines "A. ...", "B. ...": it commits to nothing);
 3. the text of exactly one option appears in the reply (an option whose text is contained in another
    matched option's text does not count, so "Insulin" does not compete with "Insulinoma").
-Only letters that are options of the item count.
+Only letters that are options of the item count. A letter from rule 1 or 2 followed by the text of a
+different option ("B. Cryptococcus" where Cryptococcus is option C: small models do this often) commits
+to no single answer and gives None; text that matches no option (truncated, paraphrased) keeps the letter.
 """
 
 from __future__ import annotations
@@ -36,6 +38,26 @@ def _mentions(reply: str, option: str) -> bool:
     return len(option) >= 2 and re.search(rf"(?<!\w){re.escape(option)}(?!\w)", reply) is not None
 
 
+def _option_key(text: str) -> str:
+    return _norm(text).rstrip(" .;:,")
+
+
+def _names_other_option(letter: str, rest: str, options: Mapping[str, str]) -> bool:
+    """Whether the text after a letter (to the end of its line) is another option's text, not its own."""
+    said = _option_key(rest.split("\n", 1)[0].lstrip(" .):,-"))
+    if not said:
+        return False
+    own = _option_key(options[letter])
+    others = [o for o in (_option_key(t) for k, t in options.items() if k != letter) if o]
+    if said == own:
+        return False
+    if said in others:  # exactly another option ("A. Insulin" where Insulin is C, even if A is Insulinoma)
+        return True
+    if said.startswith(own + " ") or own.startswith(said):  # its own text, continued or cut short
+        return False
+    return any(said.startswith(o + " ") for o in others)
+
+
 def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     """The option letter a free-text reply commits to, or None when it does not commit to exactly one."""
     if not isinstance(text, str) or not text.strip():
@@ -43,14 +65,16 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     letters = set(options)
     plain = re.sub(r"[*_`]", "", text)
     # "answer is C" where C is an option; a lowercase word ("answer is a beta blocker") is not a letter.
-    explicit = [m.group(1) for m in _EXPLICIT.finditer(plain) if m.group(1).isupper() and m.group(1) in letters]
+    explicit = [m for m in _EXPLICIT.finditer(plain) if m.group(1).isupper() and m.group(1) in letters]
     if explicit:
-        return explicit[0] if len(set(explicit)) == 1 else None
+        if len({m.group(1) for m in explicit}) > 1 or any(_names_other_option(m.group(1), plain[m.end():], options) for m in explicit):
+            return None
+        return explicit[0].group(1)
     if len({m.group(1) for m in _LIST_LINE.finditer(plain)}) > 1:
         return None  # the option list copied back
     lead = _LEADING.match(plain)
     if lead and lead.group(1) in letters:
-        return lead.group(1)
+        return None if _names_other_option(lead.group(1), plain[lead.end():], options) else lead.group(1)
     reply = _norm(text)
     matched = {letter: _norm(t) for letter, t in options.items() if _mentions(reply, _norm(t))}
     matched = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -62,6 +63,11 @@ def test_mcnemar_exact():
     assert mcnemar_exact_p(0, 0) == 1.0
     assert mcnemar_exact_p(5, 0) == pytest.approx(2 / 32)
     assert mcnemar_exact_p(3, 3) == 1.0
+    # Thousands of discordant items (two models on 5,626 questions): no float overflow, and the exact
+    # test meets the continuity-corrected normal approximation.
+    normal = 2 * (1 - NormalDist().cdf((100 - 1) / math.sqrt(1100)))
+    assert mcnemar_exact_p(600, 500) == pytest.approx(normal, rel=0.05)
+    assert mcnemar_exact_p(3000, 1000) == 0.0 or mcnemar_exact_p(3000, 1000) < 1e-200
 
 
 @pytest.fixture()

@@ -174,3 +174,26 @@ def test_compare_errors(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["compare", str(run), str(tmp_path)]) == 2
     assert "holds no per_item.jsonl" in capsys.readouterr().err
+
+
+def test_report_survives_missing_or_old_eval_files(tmp_path, caplog):
+    """A run whose eval files are gone or predate the per-item fields still gets a report: the stored
+    summaries stand in, and the start-vs-now section is left out with a warning."""
+    run = make_run_dir(tmp_path / "run")
+    (run / "iteration_2" / STAGE_DIRS["evaluate"] / "after.jsonl").unlink()
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "## Iterations" in md and "Start of the run" not in md and "nodes_before_after.png" not in md
+    assert "using the stored evaluate summary" in caplog.text and "no comparison of the run's start" in caplog.text
+    stored = json.loads((run / "iteration_2" / STAGE_DIRS["evaluate"] / MARKER).read_text())["summary"]
+    assert f"{100 * stored['after']['accuracy']:.1f}%" in md.split("\n| 2 |")[1].split("\n")[0]
+
+
+def test_compare_refuses_different_keys(tmp_path, capsys):
+    run = make_run_dir(tmp_path / "run", iterations=1)
+    replies = [json.loads(line) for line in (run / "iteration_1" / "G_eval" / "after.jsonl").read_text().splitlines()]
+    replies[0]["key"] = "C"
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in replies))
+    assert main(["compare", str(run), str(other)]) == 2
+    assert "has answer key" in capsys.readouterr().err
