@@ -21,7 +21,6 @@ import yaml
 from agents.config import LoopConfig, parse_config
 from agents.context import EnginePool, LoopContext
 from agents.run_dir import RunDir
-from agents.stages import write_run_report
 from agents.summary import print_summary
 from data.domains import get_domain
 from data.records import DataError, atomic_write_text
@@ -112,7 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     history = state.get("history", [])
-    write_run_report(run.root)
     print_summary(run.root, history, total_seconds=time.perf_counter() - t0)
     return 0
 
