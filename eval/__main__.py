@@ -23,6 +23,7 @@ from engines.base import Engine
 from engines.smollm2 import ModelNotFoundError
 from eval.mcq import MODES, ScoreResult, assign_nodes, score_items
 from eval.metrics import MetricsConfig, summarize, write_metrics
+from eval.report import fmt_change, fmt_p, fmt_pct
 from tree.ability_tree import AbilityTree, TreeError
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,8 @@ def evaluate_files(
     return result, summary
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
 def _ci(ci: Sequence[float]) -> str:
-    return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+    return f"[{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]"
 
 
 def _node_rows(summary: dict[str, Any], depth: int) -> list[tuple[str, dict[str, Any]]]:
@@ -93,15 +90,9 @@ def results_table(summary: dict[str, Any], depth: int = 0) -> Table:
     sections = [s for s in sections if s]
     for k, rows in enumerate(sections):
         for i, (name, blk) in enumerate(rows):
-            table.add_row(name, str(blk["n"]), _pct(blk["accuracy"]), _ci(blk["ci95"]), _pct(blk["chance"]),
+            table.add_row(name, str(blk["n"]), fmt_pct(blk["accuracy"]), _ci(blk["ci95"]), fmt_pct(blk["chance"]),
                           str(blk["unparsed"]), end_section=i == len(rows) - 1 and k < len(sections) - 1)
     return table
-
-
-def _p(p: float | None) -> str:
-    if p is None:  # the bootstrap p-value is not computed with few changed items: McNemar's is the test there
-        return "–"
-    return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
 def compare_table(summary: dict[str, Any], depth: int = 0) -> Table:
@@ -110,11 +101,9 @@ def compare_table(summary: dict[str, Any], depth: int = 0) -> Table:
     for col in ("source / node", "n", "chance", "A [95% CI]", "B [95% CI]", "B − A [95% CI]", "A only / B only", "p boot", "p McNemar"):
         table.add_column(col, justify="left" if col == "source / node" else "right")
     def row(name: str, pa: dict[str, Any], pb: dict[str, Any], d: dict[str, Any], **kw: Any) -> None:
-        lo, hi = d["delta_ci95"]
-        table.add_row(name, str(d["n"]), _pct(d["chance"]), f"{_pct(pa['accuracy'])} {_ci(pa['ci95'])}",
-                      f"{_pct(pb['accuracy'])} {_ci(pb['ci95'])}",
-                      f"{100 * d['delta']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]" if d["delta"] is not None else "–",
-                      f"{d['lost']} / {d['gained']}", _p(d["bootstrap_p"]), _p(d["mcnemar_p"]), **kw)
+        table.add_row(name, str(d["n"]), fmt_pct(d["chance"]), f"{fmt_pct(pa['accuracy'])} {_ci(pa['ci95'])}",
+                      f"{fmt_pct(pb['accuracy'])} {_ci(pb['ci95'])}", fmt_change(d["delta"], d["delta_ci95"]),
+                      f"{d['lost']} / {d['gained']}", fmt_p(d["bootstrap_p"]), fmt_p(d["mcnemar_p"]), **kw)
     sources = list(summary["by_source"])
     for i, s in enumerate(sources):
         row(s, summary["before"]["by_source"][s], summary["after"]["by_source"][s], summary["by_source"][s],
@@ -217,7 +206,7 @@ def run_compare(args: argparse.Namespace, metrics: MetricsConfig, console: Conso
     console.print(compare_table(summary, args.depth))
     console.print(f"B − A = {100 * summary['delta']:+.1f} points on {summary['n']} paired items "
                   f"({summary['gained']} right only in B, {summary['lost']} only in A); "
-                  f"p = {_p(summary['bootstrap_p'])} (paired bootstrap), {_p(summary['mcnemar_p'])} (exact McNemar)")
+                  f"p = {fmt_p(summary['bootstrap_p'])} (paired bootstrap), {fmt_p(summary['mcnemar_p'])} (exact McNemar)")
     if args.out:
         write_metrics(args.out, summary)
         console.print(f"wrote {args.out}/metrics.json, per_node.csv")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from data.records import DataError, read_jsonl
 from data.run_layout import STAGE_DIRS
 from eval.metrics import MetricsConfig, outcomes, paired_outcomes
 from eval.records import Reply
+from eval.report import ReportError, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,6 @@ class Scored:
     label: str
     path: Path
     replies: list[Reply]
-
-
-def _evaluated_iterations(run: Path) -> list[Path]:
-    numbered = [(int(m.group(1)), p) for p in run.iterdir() if (m := re.fullmatch(r"iteration_(\d+)", p.name))]
-    return [p for _, p in sorted(numbered) if (p / STAGE_DIRS["evaluate"] / "after.jsonl").is_file()]
 
 
 def _label(folder: Path) -> str:
@@ -67,8 +62,13 @@ def resolve(path: str | Path) -> tuple[Path, str]:
         return path / "after.jsonl", f"{path.parent.name} student ({path.parent.parent.name})"
     if (path / STAGE_DIRS["evaluate"] / "after.jsonl").is_file():  # an iteration folder
         return path / STAGE_DIRS["evaluate"] / "after.jsonl", f"{path.name} student ({path.parent.name})"
-    if evaluated := _evaluated_iterations(path):  # a run folder: its newest student
-        return evaluated[-1] / STAGE_DIRS["evaluate"] / "after.jsonl", f"{path.name}, after {evaluated[-1].name}"
+    try:
+        evaluated = load_run(path).evaluated
+    except ReportError:
+        evaluated = []
+    if evaluated:  # a run folder: its newest student
+        last = evaluated[-1].path
+        return last / STAGE_DIRS["evaluate"] / "after.jsonl", f"{path.name}, after {last.name}"
     raise DataError(f"{path}: holds no per_item.jsonl (eval mcq --out), G_eval/after.jsonl or evaluated iteration")
 
 

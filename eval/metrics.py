@@ -123,6 +123,14 @@ def mcnemar_exact_p(gained: int, lost: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def _paired_counts(before: Sequence[bool], after: Sequence[bool]) -> tuple[int, int, int, int]:
+    """(n, right both times, right only after, right only before)."""
+    if len(before) != len(after):
+        raise ValueError(f"paired outcomes differ in length: {len(before)} vs {len(after)}")
+    b, a = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    return len(b), int((a & b).sum()), int((a & ~b).sum()), int((b & ~a).sum())
+
+
 def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
     """Difference of accuracies (after − before) on the same items, resampling items (pairs).
 
@@ -130,11 +138,7 @@ def paired_bootstrap(before: Sequence[bool], after: Sequence[bool], config: Metr
     of resampled differences on the other side of zero, Koehn 2004's paired bootstrap test), the
     discordant counts and the exact McNemar p-value.
     """
-    if len(before) != len(after):
-        raise ValueError(f"paired outcomes differ in length: {len(before)} vs {len(after)}")
-    n = len(before)
-    b, a = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
-    gained, lost = int((a & ~b).sum()), int((b & ~a).sum())
+    n, _, gained, lost = _paired_counts(before, after)
     out: dict[str, Any] = {"n": n, "gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact_p(gained, lost)}
     if n == 0:
         return {**out, "delta": None, "delta_ci95": [-1.0, 1.0], "bootstrap_p": 1.0}
@@ -175,15 +179,9 @@ def newcombe_paired_interval(both: int, gained: int, lost: int, neither: int, z:
 
 def paired_difference(before: Sequence[bool], after: Sequence[bool], config: MetricsConfig = MetricsConfig()) -> dict[str, Any]:
     """``paired_bootstrap`` where enough items changed; else McNemar's p only, and Newcombe's interval."""
-    if config.interval == "bootstrap":
-        boot = paired_bootstrap(before, after, config)
-        if boot["gained"] + boot["lost"] >= config.min_discordant:
-            return {**boot, "delta_ci_method": "bootstrap"}
-    if len(before) != len(after):
-        raise ValueError(f"paired outcomes differ in length: {len(before)} vs {len(after)}")
-    n = len(before)
-    b, a = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
-    both, gained, lost = int((a & b).sum()), int((a & ~b).sum()), int((b & ~a).sum())
+    n, both, gained, lost = _paired_counts(before, after)
+    if config.interval == "bootstrap" and gained + lost >= config.min_discordant:
+        return {**paired_bootstrap(before, after, config), "delta_ci_method": "bootstrap"}
     lo, hi = newcombe_paired_interval(both, gained, lost, n - both - gained - lost, config.z)
     return {"n": n, "gained": gained, "lost": lost, "mcnemar_p": mcnemar_exact_p(gained, lost), "bootstrap_p": None,
             "delta": (gained - lost) / n if n else None, "delta_ci95": [lo, hi], "delta_ci_method": "newcombe"}

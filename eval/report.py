@@ -101,7 +101,7 @@ def load_run(root: str | Path) -> RunResults:
 # ------------------------------------------------------------------------------------------ figures
 
 
-def _pct(x: float | None, digits: int = 1) -> str:
+def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100 * x:.{digits}f}%"
 
 
@@ -109,14 +109,16 @@ def _interval(ci: Sequence[float] | None) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _signed(x: float | None, ci: Sequence[float] | None = None) -> str:
+def fmt_change(x: float | None, ci: Sequence[float] | None = None) -> str:
+    """A difference of accuracies in points, with its interval: ``+6.5 pt [-1.5, +14.4]``."""
     if x is None:
         return "–"
     text = f"{100 * x:+.1f} pt"
     return text + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
 
 
-def _p(p: float | None) -> str:  # None: not computed (the bootstrap p needs enough changed items)
+def fmt_p(p: float | None) -> str:
+    """None: not computed (the bootstrap p needs enough changed items; McNemar's is the test there)."""
     return "–" if p is None else ("<0.001" if p < 1e-3 else f"{p:.3f}")
 
 
@@ -163,7 +165,7 @@ def accuracy_figure(run: RunResults, config: MetricsConfig, evals: dict[int, dic
         ax.errorbar(px, py, yerr=_errors(py, pci),
                     fmt="s--", color="tab:orange", capsize=3, alpha=0.8, label=f"probe accuracy (n={probe[0][1]['n']})")
     if first.get("chance") is not None:
-        ax.axhline(first["chance"], color="tab:red", linestyle=":", label=f"chance ({_pct(first['chance'])})")
+        ax.axhline(first["chance"], color="tab:red", linestyle=":", label=f"chance ({fmt_pct(first['chance'])})")
     ax.set_xticks(xs, ["start" if x == xs[0] else f"after {x}" for x in xs])
     ax.set_ylabel("accuracy")
     top = max([1e-9, *hi, first.get("chance") or 0.0, *(c[1] for c in pci)])
@@ -320,11 +322,11 @@ def iteration_table(run: RunResults, evals: dict[int, dict[str, Any]] | None = N
         infer = it.summary("infer")
         rows.append([
             str(it.number),
-            _pct(infer.get("accuracy")),
-            _pct(ev.get("before", {}).get("accuracy")) + _interval(ev.get("before", {}).get("ci95")),
-            _pct(ev.get("after", {}).get("accuracy")) + _interval(ev.get("after", {}).get("ci95")),
-            _signed(ev.get("delta"), ev.get("delta_ci95")),
-            f"{_p(ev.get('bootstrap_p'))} / {_p(ev.get('mcnemar_p'))}" if "mcnemar_p" in ev else "–",
+            fmt_pct(infer.get("accuracy")),
+            fmt_pct(ev.get("before", {}).get("accuracy")) + _interval(ev.get("before", {}).get("ci95")),
+            fmt_pct(ev.get("after", {}).get("accuracy")) + _interval(ev.get("after", {}).get("ci95")),
+            fmt_change(ev.get("delta"), ev.get("delta_ci95")),
+            f"{fmt_p(ev.get('bootstrap_p'))} / {fmt_p(ev.get('mcnemar_p'))}" if "mcnemar_p" in ev else "–",
             f"{gen.get('requested', '–')} / {gen.get('parsed', '–')} / {val.get('accepted', '–')}",
             str(it.summary("label").get("items", "–")),
             f"{it.summary('evaluate')['items_per_s']:.1f}" if it.summary("evaluate").get("items_per_s") else "–",
@@ -343,7 +345,7 @@ def data_table(run: RunResults) -> Table:
         asked, accepted = gen.get("requested"), val.get("accepted", 0)
         by_reason = val.get("rejected_by_stage", {})
         rows.append([str(it.number), str(asked if asked is not None else "–"), str(gen.get("parsed", "–")), str(accepted),
-                     _pct(accepted / asked, 0) if asked else "–",
+                     fmt_pct(accepted / asked, 0) if asked else "–",
                      ", ".join(f"{r} {by_reason[r]}" for r in REASON_ORDER if by_reason.get(r)) or "–"])
     return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason"], rows)
 
@@ -358,9 +360,9 @@ def _paired_rows(paired: dict[str, Any], group: str, names: Sequence[str], label
     rows = []
     for name in names:
         b, a, d = paired["before"][group][name], paired["after"][group][name], paired[group][name]
-        rows.append([label(name), str(a["n"]), _pct(a["chance"]), _pct(b["accuracy"]) + _interval(b["ci95"]),
-                     _pct(a["accuracy"]) + _interval(a["ci95"]), _signed(d["delta"], d["delta_ci95"]),
-                     f"{_p(d['bootstrap_p'])} / {_p(d['mcnemar_p'])}"])
+        rows.append([label(name), str(a["n"]), fmt_pct(a["chance"]), fmt_pct(b["accuracy"]) + _interval(b["ci95"]),
+                     fmt_pct(a["accuracy"]) + _interval(a["ci95"]), fmt_change(d["delta"], d["delta_ci95"]),
+                     f"{fmt_p(d['bootstrap_p'])} / {fmt_p(d['mcnemar_p'])}"])
     return rows
 
 
@@ -388,7 +390,7 @@ def report_blocks(run: RunResults, config: MetricsConfig = MetricsConfig(), max_
     blocks += [("h2", "Iterations"), ("table", iteration_table(run, evals))]
     chance = next((it.summary("evaluate").get("chance") for it in run.evaluated), None)
     if chance is not None:
-        blocks.append(("p", f"Eval set: {run.evaluated[-1].summary('evaluate').get('n')} items, chance level {_pct(chance)}. "
+        blocks.append(("p", f"Eval set: {run.evaluated[-1].summary('evaluate').get('n')} items, chance level {fmt_pct(chance)}. "
                             "Probe accuracy is on seed items (the probe set), measured at the start of each iteration."))
     if (png := accuracy_figure(run, config, evals)) is not None:
         blocks.append(("figure", Figure("accuracy_by_iteration.png", png,
@@ -398,9 +400,9 @@ def report_blocks(run: RunResults, config: MetricsConfig = MetricsConfig(), max_
         first, last = run.evaluated[0].number, run.evaluated[-1].number
         blocks += [("h2", f"Start of the run vs after iteration {last}"),
                    ("p", f"The student entering iteration {first} and the student after iteration {last}, on the same "
-                         f"{paired['n']} eval items: change {_signed(paired['delta'], paired['delta_ci95'])}, "
-                         f"{paired['gained']} items gained and {paired['lost']} lost, p = {_p(paired['bootstrap_p'])} "
-                         f"(paired bootstrap) / {_p(paired['mcnemar_p'])} (McNemar)."),
+                         f"{paired['n']} eval items: change {fmt_change(paired['delta'], paired['delta_ci95'])}, "
+                         f"{paired['gained']} items gained and {paired['lost']} lost, p = {fmt_p(paired['bootstrap_p'])} "
+                         f"(paired bootstrap) / {fmt_p(paired['mcnemar_p'])} (McNemar)."),
                    ("table", Table([h.format("source") for h in PAIRED_HEADERS],
                                    _paired_rows(paired, "by_source", list(paired["by_source"]), str)))]
         nodes = [n for n, blk in paired["by_node"].items() if blk["depth"] <= max_depth and n in paired["before"]["by_node"]]

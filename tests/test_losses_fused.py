@@ -63,6 +63,16 @@ def _grads(fn, *tensors):
     return value.detach(), [None if t is None else t.grad for t in leaves]
 
 
+def _assert_matches_reference(ours, ref, *tensors) -> torch.Tensor:
+    """Value and gradients of ``ours`` (float32) against ``ref`` on float64 copies of the same tensors."""
+    value, grads = _grads(ours, *tensors)
+    ref_value, ref_grads = _grads(ref, *(t.double() for t in tensors))
+    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-6)
+    return value
+
+
 @pytest.mark.parametrize("chunk_size", [0, 1, 5, N, 1000])
 @pytest.mark.parametrize("loss_type,beta", LOSS_TYPES)
 def test_dense_teacher_matches_float64_reference(chunk_size, loss_type, beta):
@@ -80,12 +90,7 @@ def test_dense_teacher_matches_float64_reference(chunk_size, loss_type, beta):
         t_logits = _ref_logits(t_hidden, t_weight, None)
         return _ref_total(_ref_logits(h, w, b), targets, ("dense", t_logits), loss_type=loss_type, beta=beta, T=T, alpha=alpha)
 
-    value, grads = _grads(ours, hidden, weight, bias)
-    ref_value, ref_grads = _grads(ref, hidden.double(), weight.double(), bias.double())
-    assert value.dtype == torch.float32
-    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-6)
+    assert _assert_matches_reference(ours, ref, hidden, weight, bias).dtype == torch.float32
 
 
 @pytest.mark.parametrize("chunk_size", [1, 8, 0])
@@ -108,11 +113,7 @@ def test_topk_teacher_matches_float64_reference(chunk_size, loss_type, beta):
         z = _ref_logits(h, w, b)
         return _ref_total(z, targets, ("topk", ids, logprobs), loss_type=loss_type, beta=beta, T=T, alpha=alpha, n_items=50)
 
-    value, grads = _grads(ours, hidden, weight, bias)
-    ref_value, ref_grads = _grads(ref, hidden.double(), weight.double(), bias.double())
-    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-6)
+    _assert_matches_reference(ours, ref, hidden, weight, bias)
 
 
 def test_online_top_k_truncation_equals_stored_top_k():
@@ -137,11 +138,7 @@ def test_scale_softcap_and_ce_only():
     def ref(h, w, b):
         return _ref_total(_ref_logits(h, w, b, **head), targets, None, loss_type="forward_kl", beta=0.5, T=1.0, alpha=0.5)
 
-    value, grads = _grads(ours, hidden, weight, bias)
-    ref_value, ref_grads = _grads(ref, hidden.double(), weight.double(), bias.double())
-    torch.testing.assert_close(value.double(), ref_value, rtol=1e-5, atol=1e-6)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-6)
+    _assert_matches_reference(ours, ref, hidden, weight, bias)
 
 
 def test_equals_the_unfused_losses_and_reports_sums():
