@@ -1,5 +1,6 @@
 # make run   — one loop iteration of the embedded default (SmolLM2 teacher → compressed student) on CPU
-# make test  — the test suite (fast tests on tiny models + end-to-end tests on real SmolLM2 weights)
+# make test  — the import-layer contracts (lint-imports, pyproject.toml), then the test suite (fast tests on
+#              tiny models + end-to-end tests on real SmolLM2 weights)
 # Both create/refresh .venv themselves. ARGS="..." passes extra options, e.g. make run ARGS="--iterations 2".
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ UV := $(VENV)/bin/uv
 # The CPU torch wheel lies in /opt/wheels on machines of this kind; elsewhere PyPI serves it.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: run test install clean-venv
+.PHONY: run test lint install clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints/excludes.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,10 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m agents.loop --domain clinical $(ARGS)
 
-test: install
+lint: install
+	$(VENV)/bin/lint-imports --no-cache --no-logo
+
+test: lint
 	$(PY) -m pytest $(ARGS)
 
 clean-venv:

@@ -1,4 +1,4 @@
-"""What each stage reads, calls and writes. Glue only: the work is done by tree/, eval/, data/, training/.
+"""What each stage reads, calls and writes. Glue only: the work is done by tree/, synth/, eval/, training/.
 
 Every ``<stage>_inputs`` returns the config values and input paths whose fingerprint decides whether a
 stored result may be reused; every ``<stage>`` writes its outputs (atomically) into ``out`` and returns a
@@ -15,7 +15,13 @@ from typing import Any
 
 from agents.context import LoopContext
 from agents.state import LoopState
-from data.records import GeneratedItem, MCQItem, atomic_write_json, read_jsonl, write_jsonl
+from data.records import (
+    GeneratedItem,
+    MCQItem,
+    atomic_write_json,
+    read_jsonl,
+    write_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ def _initial_tree(ctx: LoopContext):
 
 
 def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from eval.records import Reply
+    from data.records import Reply
     from tree import AbilityTree
     from tree.diagnose import diagnose
     from tree.export import export as export_tree
@@ -119,7 +125,7 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2)
     grown = [n for n in tree.nodes() if n not in before]  # child abilities named by the diagnoses
     tree.save(out / "tree.json")
-    tree.export_graphml(out / "tree.graphml")
+    export_tree(tree, out / "tree.graphml", "graphml", it)
     export_tree(tree, out / "tree.html", "html", it)
     weakest = tree.weakest(5, iteration=it)
     return {
@@ -140,8 +146,8 @@ def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.generate import SynthConfig, generate_items
-    from data.targets import node_briefs, node_exemplars
+    from synth.generate import SynthConfig, generate_items
+    from synth.targets import node_briefs, node_exemplars
     from tree import AbilityTree
     from tree.allocate import AllocationConfig, allocate
 
@@ -170,7 +176,7 @@ def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.validate import ValidationConfig, unparsed_requests, validate_items
+    from synth.validate import ValidationConfig, unparsed_requests, validate_items
 
     it, c = state["iteration"], ctx.config
     gen = ctx.run.stage(it, "generate")
@@ -293,9 +299,9 @@ def evaluate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
 
 
 def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    from data.records import Reply
     from eval.mcq import assign_nodes, score_items
     from eval.metrics import paired_summary, write_metrics
-    from eval.records import Reply
     from tree import AbilityTree
 
     it = state["iteration"]

@@ -37,10 +37,10 @@ def main() -> None:
 
     from benchmarks.harness import append_rows, print_table
     from data.domains import get_domain
-    from data.generate import SynthConfig, generate_items
-    from data.targets import node_briefs, node_exemplars
-    from data.validate import ValidationConfig, validate_items
     from engines import EngineConfig, load_engine
+    from synth.generate import SynthConfig, generate_items
+    from synth.targets import node_briefs, node_exemplars
+    from synth.validate import ValidationConfig, validate_items
     from tree.build import build_tree
 
     domain = get_domain(args.domain)

@@ -1,6 +1,6 @@
 """Command-line options from config dataclasses: one ``--option`` per field, help from its metadata.
 
-Used by ``python -m data`` and ``python -m tree`` so an option's flag, type, default and help always
+Used by ``python -m synth`` and ``python -m tree`` so an option's flag, type, default and help always
 match the dataclass field it fills.
 """
 

@@ -12,9 +12,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +86,32 @@ class GeneratedItem(MCQItem):
     exemplar_ids: list[str] = []
     generator: str = ""  # model spec
     seed: int | None = None
+
+
+class Reply(BaseModel):
+    """The student's answer to one MCQ, as scored (a line of ``replies.jsonl``).
+
+    Written by scoring (eval), read by metrics, the tree's ``record`` and the loop. ``prompt`` is the
+    rendered user text (without few-shot turns), ``output`` what the model produced (generate mode) or
+    a summary of the letters' log-probs (logprob mode), ``parsed_answer`` the letter read from it (None
+    when nothing could be read), ``key`` the correct letter. ``source``, ``n_options`` (for the chance
+    level) and ``node`` (the ability-tree node it was counted under) let a file of replies be summarised
+    and compared without the data files it came from.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    prompt: str
+    output: str
+    parsed_answer: str | None
+    key: str
+    correct: bool
+    logprobs: dict[str, float] = {}
+    mode: Literal["logprob", "generate"] = "logprob"
+    source: str | None = None
+    n_options: int | None = None
+    node: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- I/O

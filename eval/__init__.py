@@ -13,7 +13,7 @@ from eval.metrics import (
     wilson_interval,
     write_metrics,
 )
-from eval.records import Reply
+from data.records import Reply
 
 __all__ = [
     "MetricsConfig",

@@ -19,10 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from data.records import DataError, read_jsonl
+from data.records import DataError, Reply, read_jsonl
 from data.run_layout import STAGE_DIRS
 from eval.metrics import MetricsConfig, outcomes, paired_outcomes
-from eval.records import Reply
 from eval.report import ReportError, load_run
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from data.records import MCQItem
 from tree.ability_tree import AbilityTree
 from engines.base import Engine, Prompt, SamplingParams
 from prompts.extract import extract_answer
-from eval.records import Reply
+from data.records import Reply
 from prompts.mcq import mcq_messages, mcq_user_text
 
 logger = logging.getLogger(__name__)

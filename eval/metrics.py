@@ -30,8 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from data.records import MCQItem, atomic_write_json, atomic_write_text
-from eval.records import Reply
+from data.records import MCQItem, Reply, atomic_write_json, atomic_write_text
 from tree.ability_tree import SEP, AbilityTree
 
 logger = logging.getLogger(__name__)

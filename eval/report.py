@@ -26,15 +26,19 @@ from typing import Any, Sequence
 
 import yaml
 
-from data.records import DataError, atomic_write_bytes, atomic_write_text, read_jsonl
-from data.report import REASON_ORDER
-from data.run_layout import MARKER, STAGE_DIRS
+from data.records import (
+    DataError,
+    Reply,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_jsonl,
+)
+from data.run_layout import MARKER, REJECTION_STAGES, STAGE_DIRS
 from eval.metrics import MetricsConfig, accuracy_interval, outcomes, paired_outcomes
-from eval.records import Reply
 
 logger = logging.getLogger(__name__)
 
-REASON_COLOURS = (  # one per data.report.REASON_ORDER entry
+REASON_COLOURS = (  # one per data.run_layout.REJECTION_STAGES entry
     "0.6", "tab:brown", "tab:pink", "tab:olive", "tab:purple", "tab:orange", "tab:red")
 
 
@@ -216,7 +220,7 @@ def acceptance_figure(run: RunResults) -> bytes | None:
     accepted = [s.get("accepted", 0) for _, s in rows]
     ax.bar(xs, accepted, color="tab:green", label="accepted")
     bottom = [float(a) for a in accepted]
-    for reason, colour in zip(REASON_ORDER, REASON_COLOURS):
+    for reason, colour in zip(REJECTION_STAGES, REASON_COLOURS):
         counts = [s.get("rejected_by_stage", {}).get(reason, 0) for _, s in rows]
         if any(counts):
             ax.bar(xs, counts, bottom=bottom, color=colour, label=f"rejected: {reason}")
@@ -346,7 +350,7 @@ def data_table(run: RunResults) -> Table:
         by_reason = val.get("rejected_by_stage", {})
         rows.append([str(it.number), str(asked if asked is not None else "–"), str(gen.get("parsed", "–")), str(accepted),
                      fmt_pct(accepted / asked, 0) if asked else "–",
-                     ", ".join(f"{r} {by_reason[r]}" for r in REASON_ORDER if by_reason.get(r)) or "–"])
+                     ", ".join(f"{r} {by_reason[r]}" for r in REJECTION_STAGES if by_reason.get(r)) or "–"])
     return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason"], rows)
 
 

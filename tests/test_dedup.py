@@ -1,4 +1,4 @@
-"""data.dedup: ROUGE-L and Jaccard near-duplicates, exact LCS, pruning, on real SmolLM2 copies."""
+"""synth.dedup: ROUGE-L and Jaccard near-duplicates, exact LCS, pruning, on real SmolLM2 copies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from data.dedup import DuplicateIndex, jaccard, lcs_length, ngrams, rouge_l, similarity_tokens
+from synth.dedup import DuplicateIndex, jaccard, lcs_length, ngrams, rouge_l, similarity_tokens
 from data.records import MCQItem
 from prompts.parse import MCQDraft, parse_completion
 from tests.testing_utils import read_fixture_records

@@ -12,7 +12,7 @@ from tree import AbilityTree
 from eval.__main__ import evaluate_files, main
 from prompts.extract import extract_answer
 from eval.mcq import score_items
-from eval.records import Reply
+from data.records import Reply
 from prompts.mcq import mcq_messages, mcq_user_text
 from tests.test_eval_local_engine import LocalHFEngine, force_tokens
 

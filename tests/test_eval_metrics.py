@@ -26,7 +26,7 @@ from eval.metrics import (
     wilson_interval,
     write_metrics,
 )
-from eval.records import Reply
+from data.records import Reply
 from tree import AbilityTree
 
 

@@ -17,7 +17,7 @@ from eval.__main__ import main
 from eval.compare import compare, load_scored
 from eval.mcq import assign_nodes
 from eval.metrics import MetricsConfig, paired_summary, write_metrics
-from eval.records import Reply
+from data.records import Reply
 from eval.report import ReportError, load_run, report_blocks, to_html, to_markdown, write_report
 from tree import AbilityTree
 

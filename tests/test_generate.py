@@ -1,4 +1,4 @@
-"""data.generate: batching, rounds, ids, provenance and parse failures (scripted teacher replies)."""
+"""synth.generate: batching, rounds, ids, provenance and parse failures (scripted teacher replies)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from data.generate import (
+from data.records import GeneratedItem, MCQItem
+from prompts.parse import MCQDraft, parse_json_object
+from synth.generate import (
     NodeBrief,
     SynthConfig,
     example_json,
@@ -15,8 +17,6 @@ from data.generate import (
     item_id,
     plan_requests,
 )
-from data.records import GeneratedItem, MCQItem
-from prompts.parse import MCQDraft, parse_json_object
 from tests.fixtures.scripted_engine import ScriptedEngine, user_text
 
 

@@ -1,4 +1,4 @@
-"""data.positions: χ² against uniform answer positions, and rebalancing that keeps every item's meaning."""
+"""synth.positions: χ² against uniform answer positions, and rebalancing that keeps every item's meaning."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from data.positions import answer_balance, chi2_sf, is_position_bound, move_key, rebalance_answers
+from synth.positions import answer_balance, chi2_sf, is_position_bound, move_key, rebalance_answers
 from data.records import MCQItem
 
 

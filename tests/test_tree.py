@@ -12,7 +12,7 @@ import pytest
 
 from data.records import GeneratedItem, MCQItem, read_items
 import tree as tree_pkg
-from tree import AbilityTree, TreeError
+from tree import AbilityTree, TreeError, write_graphml
 from tree.__main__ import find_tree_file, main
 from tree.posterior import beta_posterior
 
@@ -136,7 +136,7 @@ def test_json_round_trip(built, items, tmp_path):
 def test_graphml_reads_back_with_networkx(built, items, tmp_path):
     built.record([(it.id, built.node_of(it), True) for it in items[:10]], iteration=1)
     built.set_diagnoses("clinical medicine/medqa", ["Misses the classic \"<b>\" & 'quoted' presentations."])
-    path = built.export_graphml(tmp_path / "tree.graphml")
+    path = write_graphml(built, tmp_path / "tree.graphml")
     g = nx.read_graphml(path)
     assert set(g.nodes) == set(built.nodes())
     assert set(g.edges) == set(built.graph.edges)

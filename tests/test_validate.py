@@ -1,4 +1,4 @@
-"""data.validate and data.dedup: every gate triggered by a planted item, acceptance rules, shuffling.
+"""synth.validate and synth.dedup: every gate triggered by a planted item, acceptance rules, shuffling.
 
 The solver and critic are scripted engines: they only decide what the agents "said" so that control
 flow (which gate fires, what reaches the agents, one batched call each) can be checked exactly.
@@ -10,9 +10,10 @@ import math
 
 import pytest
 
-from data.dedup import ContaminationIndex, DuplicateIndex, exact_key, jaccard, ngrams, normalize_text, word_tokens
+from data.text import normalize_text, word_tokens
+from synth.dedup import ContaminationIndex, DuplicateIndex, exact_key, jaccard, ngrams
 from data.records import GeneratedItem, MCQItem
-from data.validate import ValidationConfig, shuffle_options, solve_blind, validate_items
+from synth.validate import ValidationConfig, shuffle_options, solve_blind, validate_items
 from tests.fixtures.scripted_engine import ScriptedEngine, shown_options, user_text
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from data.domains import get_domain
-from data.generate import NodeBrief, SynthConfig, generate_items
-from data.validate import STAGES, ValidationConfig, validate_items
+from synth.generate import NodeBrief, SynthConfig, generate_items
+from synth.validate import STAGES, ValidationConfig, validate_items
 
 
 @pytest.mark.slow

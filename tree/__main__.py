@@ -29,9 +29,9 @@ from data.cli import add_dataclass_options, dataclass_from_args
 from engines.smollm2 import ModelNotFoundError
 from tree.ability_tree import AbilityTree, TreeError
 from tree.build import build_tree
-from tree.propose import ProposeConfig, propose_tree
 from tree.diff import NodeChange, diff_trees
 from tree.export import EXPORT_FORMATS, export
+from tree.propose import ProposeConfig, propose_tree
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,7 @@ def run_build(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_record(args: argparse.Namespace, console: Console) -> int:
-    from data.records import read_jsonl
-    from eval.records import Reply
+    from data.records import Reply, read_jsonl
 
     tree = AbilityTree.load(args.path)
     items = {i.id: i for i in _load_items(args.data)}

@@ -371,12 +371,6 @@ class AbilityTree:
         """Write the tree as JSON, atomically."""
         return atomic_write_json(path, self.to_dict())
 
-    def export_graphml(self, path: str | Path, iteration: int | None = None) -> Path:
-        """Write GraphML (see tree.export) with this iteration's subtree statistics attached."""
-        from tree.export import write_graphml  # tree.export imports this module
-
-        return write_graphml(self, path, iteration)
-
     @classmethod
     def from_dict(cls, data: Any, source: str = "tree") -> "AbilityTree":
         """Rebuild a tree from ``to_dict`` output; ``source`` names the file in error messages."""

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from data.dedup import word_tokens
+from data.text import word_tokens
 from engines.base import Engine, SamplingParams
 from prompts import render
 from tree.ability_tree import SEP, AbilityTree

@@ -1,6 +1,6 @@
 """What the teacher is told about each target node of the ability tree: its brief and seed exemplars.
 
-Shared by the loop's generate stage and ``python -m data generate`` so both ask for the same items.
+Shared by the loop's generate stage and ``python -m synth generate`` so both ask for the same items.
 The tree is any object with AbilityTree's ``info``, ``node_of``, ``descendants`` and ``parent``.
 """
 
@@ -10,8 +10,8 @@ import random
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from data.generate import NodeBrief
 from data.records import MCQItem
+from synth.generate import NodeBrief
 
 
 def node_briefs(tree: Any, nodes: Iterable[str]) -> dict[str, NodeBrief]:

@@ -1,7 +1,8 @@
 """Text overlap between MCQs: exact and near duplicates, and n-gram contamination of evaluation sets.
 
-All comparisons run on normalised word tokens (Unicode NFKC, lower case, every run of characters that
-are not letters or digits becomes one space), so punctuation, case and spacing never hide a copy.
+All comparisons run on normalised word tokens (``data.text``: Unicode NFKC, lower case, every run of
+characters that are not letters or digits becomes one space), so punctuation, case and spacing never
+hide a copy.
 
 * Exact duplicate: the same normalised question and the same set of normalised option texts (option
   order and letters do not matter, so a shuffled copy is still a copy).
@@ -22,26 +23,14 @@ are not letters or digits becomes one space), so punctuation, case and spacing n
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from data.records import MCQItem
+from data.text import normalize_text, word_tokens
 
 logger = logging.getLogger(__name__)
-
-_NON_WORD = re.compile(r"[^\w]+|_+")
-
-
-def normalize_text(text: str) -> str:
-    """NFKC, lower case, non-alphanumeric runs to one space, stripped."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
-
-
-def word_tokens(text: str) -> list[str]:
-    return normalize_text(text).split()
 
 
 def item_text(question: str, options: Mapping[str, str]) -> str:

@@ -6,7 +6,7 @@ gate as ``stage`` with a one-line ``reason``:
 1. ``schema``: a valid MCQItem/GeneratedItem, ``min_options``..``max_options`` options (default 4-5),
    non-empty question and option texts, distinct option texts (after normalisation), unique id.
 2. ``duplicate``: the same normalised question and option set as a seed-pool item or an earlier
-   surviving item of this batch (data.dedup.exact_key).
+   surviving item of this batch (synth.dedup.exact_key).
 3. ``near_duplicate``: ROUGE-L F1 (or word n-gram Jaccard, ``near_dup_metric``) >= ``near_dup_threshold``
    (default 0.7) with a seed-pool item or an earlier surviving item of this batch.
 4. ``contamination``: shares a word 13-gram with any evaluation item (question + options text).
@@ -27,7 +27,7 @@ gate as ``stage`` with a one-line ``reason``:
 An unparseable critic reply is a defined outcome: ``critic_unparseable="reject"`` (default) rejects
 with reason "critic output unparseable: ..."; ``"accept"`` lets the solver decide alone.
 
-Accepted items then have their answer positions evened out (data.positions, ``rebalance``): the report
+Accepted items then have their answer positions evened out (synth.positions, ``rebalance``): the report
 gives the key-letter counts and a χ² test against uniform before and after.
 """
 
@@ -42,17 +42,19 @@ from typing import Any, Callable, Mapping, Sequence
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from data.dedup import METRICS, ContaminationIndex, DuplicateIndex, normalize_text
-from data.positions import answer_balance, is_position_bound, rebalance_answers
 from data.records import GeneratedItem, MCQItem, first_error
+from data.run_layout import REJECTION_STAGES
+from data.text import normalize_text
 from engines.base import Engine, SamplingParams
 from prompts import render
 from prompts.mcq import mcq_messages
 from prompts.parse import CriticVerdict, critic_json_schema, parse_completion
+from synth.dedup import METRICS, ContaminationIndex, DuplicateIndex
+from synth.positions import answer_balance, is_position_bound, rebalance_answers
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("schema", "duplicate", "near_duplicate", "contamination", "solver", "critic")
+STAGES = REJECTION_STAGES[1:]  # the gates, in order (parse failures happen before validation)
 
 # Acceptance rules: (solver agrees, critic accepts) -> keep. None means that agent was not run.
 ACCEPTANCE_RULES: dict[str, Callable[[bool | None, bool | None], bool]] = {
@@ -386,7 +388,7 @@ def validate_items(
 def unparsed_requests(failed_attempts: Sequence[Mapping[str, Any]], candidates: Sequence[MCQItem]) -> list[dict[str, Any]]:
     """Requests whose every generation attempt failed to parse, as rejected items (the last attempt kept).
 
-    ``failed_attempts`` are data.generate's parse rejections (one per attempt); a request that parsed
+    ``failed_attempts`` are synth.generate's parse rejections (one per attempt); a request that parsed
     in a later round is among ``candidates`` and is not listed.
     """
     parsed = {c.id for c in candidates}

@@ -1,8 +1,8 @@
 """Generate validated MCQs for the weakest nodes of an ability tree, or validate items you already have.
 
-    python -m data generate --teacher smollm2 --tree tree.json --nodes 4 --budget 40 --out gen/
-    python -m data generate ... --add-candidates planted.jsonl       # your items join the same gates
-    python -m data validate --candidates items.jsonl --out checked/  # gates + agents only
+    python -m synth generate --teacher smollm2 --tree tree.json --nodes 4 --budget 40 --out gen/
+    python -m synth generate ... --add-candidates planted.jsonl       # your items join the same gates
+    python -m synth validate --candidates items.jsonl --out checked/  # gates + agents only
 
 The tree needs recorded results (``python -m tree record``, or a run's B_student_tree/tree.json) for
 "weakest" to mean anything; without them the budget is spread over its leaves. Output folder:
@@ -22,10 +22,18 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from data.cli import add_dataclass_options, dataclass_from_args
-from data.generate import SynthConfig
-from data.records import DataError, GeneratedItem, MCQItem, atomic_write_json, read_items, read_jsonl, write_jsonl
-from data.report import node_table, positions_table, reason_table, summary_line
-from data.validate import ValidationConfig
+from data.records import (
+    DataError,
+    GeneratedItem,
+    MCQItem,
+    atomic_write_json,
+    read_items,
+    read_jsonl,
+    write_jsonl,
+)
+from synth.generate import SynthConfig
+from synth.report import node_table, positions_table, reason_table, summary_line
+from synth.validate import ValidationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +41,7 @@ OUTPUTS = ("candidates.jsonl", "unparsed.jsonl", "validated.jsonl", "rejected.js
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="the teacher writes items for the weakest nodes; gates and agents check them")
     gen.add_argument("--teacher", required=True, help="model spec: smollm2, hf:PATH, vllm:PATH, openai:URL#MODEL")
@@ -102,7 +110,7 @@ def _agent_specs(args: argparse.Namespace, acceptance: str) -> tuple[list[str], 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from data.domains import get_domain
-    from data.validate import unparsed_requests, validate_items
+    from synth.validate import unparsed_requests, validate_items
 
     _check_out(args.out, args.force)
     domain = get_domain(args.domain)
@@ -123,7 +131,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     engines = Engines(args)
     try:
         if args.command == "generate":
-            from data.generate import generate_items
+            from synth.generate import generate_items
 
             sconfig = dataclass_from_args(SynthConfig, args, seed=args.seed, domain=domain.root)
             t0 = time.perf_counter()
@@ -166,7 +174,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def _plan(args: argparse.Namespace, seed_items: Sequence[MCQItem]) -> dict[str, Any]:
     """Allocation over the weakest nodes, their briefs and exemplars."""
-    from data.targets import node_briefs, node_exemplars
+    from synth.targets import node_briefs, node_exemplars
     from tree.ability_tree import AbilityTree
     from tree.allocate import AllocationConfig, allocate
 

@@ -1,4 +1,4 @@
-"""``python -m data generate | validate`` end to end on a tiny random teacher (fast; real outputs are
+"""``python -m synth generate | validate`` end to end on a tiny random teacher (fast; real outputs are
 covered by tests/test_validate_smollm2.py): outputs, report, a planted contaminated item, bad input."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data.__main__ import OUTPUTS, main
 from data.domains import get_domain
 from data.records import GeneratedItem, read_jsonl, write_jsonl
+from synth.__main__ import OUTPUTS, main
 from tests.testing_utils import first_per_source
 from tree.build import build_tree
 

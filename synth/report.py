@@ -6,8 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-# Where an item can be lost, in pipeline order (parse: every generation attempt for the request failed).
-REASON_ORDER = ("parse", "schema", "duplicate", "near_duplicate", "contamination", "solver", "critic")
+from data.run_layout import REJECTION_STAGES
 
 
 def _short(node: str) -> str:
@@ -24,7 +23,7 @@ def node_table(report: dict[str, Any]) -> Table:
     for node in [*gen, *(n for n in val if n not in gen)]:
         g, v = gen.get(node, {}), val.get(node, {"candidates": 0, "accepted": 0, "rejected": {}})
         rate = f"{v['accepted'] / v['candidates']:.0%}" if v["candidates"] else "–"
-        rejected = ", ".join(f"{stage} {n}" for stage, n in sorted(v["rejected"].items(), key=lambda kv: REASON_ORDER.index(kv[0])))
+        rejected = ", ".join(f"{stage} {n}" for stage, n in sorted(v["rejected"].items(), key=lambda kv: REJECTION_STAGES.index(kv[0])))
         table.add_row(_short(node), str(g.get("requested", "–")), str(g.get("parsed", "–")), str(v["candidates"]),
                       str(v["accepted"]), rate, rejected or "–")
     return table
@@ -38,7 +37,7 @@ def reason_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"rejected, by reason (of {total} requested or added)")
     for col in ("reason", "items", "share"):
         table.add_column(col, justify="left" if col == "reason" else "right")
-    for stage in REASON_ORDER:
+    for stage in REJECTION_STAGES:
         n = counts.get(stage, 0)
         table.add_row(stage, str(n), f"{n / total:.0%}" if total else "–")
     table.add_row("[bold]accepted[/]", f"[bold]{val['accepted']}[/]", f"{val['accepted'] / total:.0%}" if total else "–")
@@ -75,4 +74,4 @@ def summary_line(report: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["node_table", "reason_table", "positions_table", "summary_line", "REASON_ORDER"]
+__all__ = ["node_table", "reason_table", "positions_table", "summary_line"]
