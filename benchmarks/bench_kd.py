@@ -2,6 +2,7 @@
 
     python benchmarks/bench_kd.py                          # CPU: batch 2 x 256 tokens, fp32
     python benchmarks/bench_kd.py --batch 8 --seq-len 1024  # GPU (bf16): the anchor shape of TARGETS.md
+    python benchmarks/bench_kd.py --variants ce,teacher,kd --profile prof/   # + per-op profile, memory timeline
 
 Student: the SmolLM2-135M architecture, teacher: the SmolLM2-360M architecture, random weights (speed
 and memory do not depend on them), 25% of each sequence masked as prompt. Every variant runs in its own
@@ -11,6 +12,7 @@ process, so peak memory is its own:
     teacher  the teacher's forward alone (no grad)
     gkd      trl.experimental.gkd.GKDTrainer.training_step (lmbda=0: off-policy) + optimizer step
     kd       training.KDTrainer.training_step + optimizer step, same loss (generalized JSD, beta, T)
+    ce_gc, gkd_gc, kd_gc   the same with gradient checkpointing on the student (the memory-lean setting)
 
 With alpha=1 and top_k=0 (the defaults here) both trainers compute the same loss (GKD's compute_loss
 uses T = 1 whatever GKDConfig.temperature says, so T is 1 unless changed); the first step's loss of each
@@ -18,6 +20,13 @@ is printed as a check. Time is the median over --steps steps after one warm-up s
 over those steps: torch.cuda.max_memory_allocated on a GPU, the process's peak resident memory (VmHWM,
 reset before the steps) on CPU. Ratios are printed and a row per variant goes to
 benchmarks/results/kd.csv with the device name.
+
+After the timed steps one more step is timed part by part (synchronised wall clock, forward hooks on the
+student's and the teacher's backbones): backbone forwards, the rest of the forward (LM head and losses;
+the fused KD loss also computes its gradients there), backward, optimizer. ``--profile DIR`` adds one step
+under torch.profiler per variant: the time per operation (self time, summed by op name), the operations
+where the KD step spends more than the floor (student CE step + teacher forward), and a memory timeline
+per variant (DIR/memory.png, by category: parameters, optimizer state, activations, gradients, ...).
 """
 
 from __future__ import annotations
@@ -37,7 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("ce", "teacher", "gkd", "kd")
+VARIANTS = ("ce", "teacher", "gkd", "kd", "ce_gc", "gkd_gc", "kd_gc")
+DEFAULT_VARIANTS = ("ce", "teacher", "gkd", "kd")
+PARTS = ("student_forward", "teacher_forward", "head_and_loss", "backward", "optimizer", "other")
+# Memory timeline categories, in the order torch.profiler's export_memory_timeline writes them.
+MEMORY_CATEGORIES = ("parameter", "optimizer state", "input", "temporary", "activation", "gradient",
+                     "autograd detail", "unknown")
 
 
 def _configs(vocab: int):
@@ -82,6 +96,83 @@ def _peak_mib(device: str) -> float:
     return _rss_mib("VmHWM")
 
 
+class Breakdown:
+    """Wall-clock time per part of one step, synchronised at every boundary (used for one extra step only)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.on = device, False
+        self.seconds: dict[str, float] = {}
+        self._open: dict[str, float] = {}
+
+    def _now(self) -> float:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def start(self, name: str) -> None:
+        # A backbone re-run by gradient checkpointing inside backward counts as backward.
+        if self.on and not (name.endswith("_forward") and "backward" in self._open):
+            self._open[name] = self._now()
+
+    def stop(self, name: str) -> None:
+        if self.on and name in self._open:
+            self.seconds[name] = self.seconds.get(name, 0.0) + self._now() - self._open.pop(name)
+
+    def hook(self, module, name: str) -> None:
+        module.register_forward_pre_hook(lambda *_: self.start(name))
+        module.register_forward_hook(lambda *_: self.stop(name))
+
+    def wrap(self, obj, attr: str, name: str) -> None:
+        original = getattr(obj, attr)
+
+        def timed_call(*a, **k):
+            self.start(name)
+            try:
+                return original(*a, **k)
+            finally:
+                self.stop(name)
+
+        setattr(obj, attr, timed_call)
+
+    def parts(self) -> dict[str, float]:
+        """Milliseconds per part; ``head_and_loss`` is the forward minus the backbones."""
+        s = self.seconds
+        forward = s.get("forward", 0.0)
+        parts = {
+            "student_forward": s.get("student_forward", 0.0),
+            "teacher_forward": s.get("teacher_forward", 0.0),
+            "backward": s.get("backward", 0.0),
+            "optimizer": s.get("optimizer", 0.0),
+        }
+        parts["head_and_loss"] = max(forward - parts["student_forward"] - parts["teacher_forward"], 0.0)
+        parts["other"] = max(s.get("step", 0.0) - forward - parts["backward"] - parts["optimizer"], 0.0)
+        return {k: parts[k] * 1000 for k in PARTS}
+
+
+def _profile_step(step, device: str, out_dir: Path, variant: str) -> None:
+    """One step under torch.profiler: self time per op name (JSON) and the memory timeline (JSON)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    ops = []
+    for evt in prof.key_averages():
+        self_us = evt.self_device_time_total if device == "cuda" else evt.self_cpu_time_total
+        # Operators, and the kernels torch.compile fused (their call's self time); with_stack adds Python frames.
+        name = "compiled graph (fused kernels)" if evt.key.startswith("## Call CompiledFxGraph") else evt.key
+        if self_us > 0 and (name.startswith("aten::") or name.startswith("compiled graph")):
+            ops.append({"op": name, "self_ms": self_us / 1000, "calls": evt.count})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{variant}_ops.json").write_text(json.dumps(sorted(ops, key=lambda o: -o["self_ms"])))
+    prof.export_memory_timeline(str(out_dir / f"{variant}_memory.json"), device="cuda:0" if device == "cuda" else "cpu")
+
+
 def _batch(args, vocab: int, device: str):
     import torch
 
@@ -106,37 +197,58 @@ def run_variant(args) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(converted_path())
     s_cfg, t_cfg = _configs(len(tokenizer))
     torch.manual_seed(0)
+    kind, lean = args.variant.removesuffix("_gc"), args.variant.endswith("_gc")
     student = teacher = None
-    if args.variant != "teacher":
+    if kind != "teacher":
         student = LlamaForCausalLM(s_cfg).to(device=device, dtype=dtype)
-    if args.variant != "ce":
+        if lean:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if kind != "ce":
         teacher = LlamaForCausalLM(t_cfg).to(device=device, dtype=dtype).eval()
     batch = _batch(args, s_cfg.vocab_size, device)
     num_items = int((batch["labels"][:, 1:] != -100).sum())
     out_dir = tempfile.mkdtemp(prefix="bench_kd_")
     common = dict(output_dir=out_dir, report_to="none", per_device_train_batch_size=args.batch, max_steps=10,
-                  bf16=device == "cuda", gradient_checkpointing=False, learning_rate=1e-5, disable_tqdm=True,
+                  bf16=device == "cuda", gradient_checkpointing=lean, learning_rate=1e-5, disable_tqdm=True,
                   use_cpu=device == "cpu")
+    if lean:
+        common["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    parts = Breakdown(device)
+    if student is not None:
+        parts.hook(student.model, "student_forward")
+    if teacher is not None:
+        parts.hook(teacher.model, "teacher_forward")
 
-    if args.variant == "ce":
-        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    if kind == "ce":
+        student.train()
+        # The optimizer the trainers get (Trainer's default optim is adamw_torch_fused).
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
 
         def step():
+            parts.start("forward")
             loss = student(**batch).loss
+            parts.stop("forward")
+            parts.start("backward")
             loss.backward()
+            parts.stop("backward")
+            parts.start("optimizer")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            parts.stop("optimizer")
             return loss.item()
-    elif args.variant == "teacher":
+    elif kind == "teacher":
         def step():
+            parts.start("forward")
             with torch.no_grad():
-                return teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().mean().item()
+                loss = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().mean()
+            parts.stop("forward")
+            return loss.item()
     else:
         from datasets import Dataset
 
         rows = [{"input_ids": batch["input_ids"][i].tolist(), "labels": batch["labels"][i].tolist()} for i in range(args.batch)]
         dataset = Dataset.from_list(rows)
-        if args.variant == "gkd":
+        if kind == "gkd":
             os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
             from trl.experimental.gkd import GKDConfig, GKDTrainer
 
@@ -147,16 +259,21 @@ def run_variant(args) -> dict[str, Any]:
             from training import KDConfig, KDTrainer
 
             config = KDConfig(alpha=args.alpha, kd_loss_type="jsd", beta=args.beta, temperature=args.temperature,
-                              top_k=args.top_k, loss_chunk_size=args.chunk_size, **common)
+                              top_k=args.top_k, loss_chunk_size=args.chunk_size,
+                              loss_compile={"auto": None, "on": True, "off": False}[args.loss_compile], **common)
             trainer = KDTrainer(student, args=config, teacher_model=teacher, train_dataset=dataset, processing_class=tokenizer)
         trainer.create_optimizer()
         model, optimizer = trainer.model, trainer.optimizer
         model.train()
+        parts.wrap(trainer, "compute_loss", "forward")
+        parts.wrap(trainer.accelerator, "backward", "backward")
 
         def step():
             loss = trainer.training_step(model, dict(batch), num_items_in_batch=torch.tensor(num_items, device=device))
+            parts.start("optimizer")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            parts.stop("optimizer")
             return loss.item()
 
     rss_before = _rss_mib("VmRSS") if device == "cpu" else torch.cuda.memory_allocated() / 2**20
@@ -172,12 +289,20 @@ def run_variant(args) -> dict[str, Any]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = _peak_mib(device)
+    parts.on = True  # one more step, timed part by part (the synchronisation would disturb the median)
+    parts.start("step")
+    step()
+    parts.stop("step")
+    parts.on = False
+    if args.profile:
+        _profile_step(step, device, Path(args.profile), args.variant)
     return {
         "variant": args.variant,
         "step_ms": statistics.median(times) * 1000,
         "peak_mib": peak,
         "step_mib": peak - rss_before,
         "first_loss": first_loss,
+        **{f"{name}_ms": ms for name, ms in parts.parts().items()},
     }
 
 
@@ -190,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0, help="T for both (GKD's loss always uses 1)")
     parser.add_argument("--alpha", type=float, default=1.0, help="KDTrainer's KD weight (1 = the same loss as GKD)")
     parser.add_argument("--top-k", type=int, default=0, help="KDTrainer's online top-k (0 = full distribution, as GKD)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="KDTrainer's loss_chunk_size")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="KDTrainer's loss_chunk_size (default: automatic, training.losses.auto_chunk_size)")
+    parser.add_argument("--loss-compile", choices=("auto", "on", "off"), default="auto",
+                        help="KDTrainer's loss_compile (default auto: on for a vocabulary of at least 8192)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma list of {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--profile", metavar="DIR", default="",
+                        help="also profile one step per variant: DIR/<variant>_ops.json, ops_above_floor.csv, memory.png")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing to benchmarks/results/kd.csv")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--json-out", help=argparse.SUPPRESS)
@@ -210,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     passthrough = [f"--batch={args.batch}", f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--beta={args.beta}",
                    f"--temperature={args.temperature}", f"--alpha={args.alpha}", f"--top-k={args.top_k}",
-                   f"--chunk-size={args.chunk_size}", f"--threads={args.threads}"]
+                   f"--loss-compile={args.loss_compile}", f"--threads={args.threads}"]
+    if args.chunk_size is not None:
+        passthrough.append(f"--chunk-size={args.chunk_size}")
+    if args.profile:
+        passthrough.append(f"--profile={Path(args.profile).resolve()}")
     for variant in variants:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = f.name
@@ -225,29 +360,105 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.harness import append_rows, print_table
 
-    rows = [{"batch": args.batch, "seq_len": args.seq_len, **r} for r in results.values()]
-    print_table(rows)
+    rows = [{"batch": args.batch, "seq_len": args.seq_len, "chunk_size": "auto" if args.chunk_size is None else args.chunk_size,
+             "loss_compile": args.loss_compile, **r} for r in results.values()]
+    print_table([{k: v for k, v in r.items() if not k.endswith("_ms") or k == "step_ms"} for r in rows])
+    print("one step, part by part (ms; head_and_loss: LM head + losses, which for kd include their gradients):")
+    print_table([{"variant": r["variant"], **{p: r.get(f"{p}_ms", float("nan")) for p in PARTS}} for r in rows])
+
+    summary = ratios(results)
+    for key, value in summary.items():
+        print(f"{key}: {'n/a' if value is None else f'{value:.4g}'}")
+    if args.profile:
+        report_profile(Path(args.profile), [r["variant"] for r in rows if "error" not in r])
+    if not args.no_csv:
+        path = append_rows("kd", [{**r, **summary} for r in rows])
+        print(f"rows appended to {path}")
+    return 0
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """KD over GKD (time, peak, memory above the resident models), KD over the floor, with and without
+    gradient checkpointing; the first-step loss difference as the check that both compute the same loss."""
 
     def ratio(a: str, b: str, key: str) -> float | None:
         if a in results and b in results and results[b][key] == results[b][key] and results[b][key] > 0:
             return results[a][key] / results[b][key]
         return None
 
-    summary = {}
-    if "kd" in results and "gkd" in results:
-        summary["kd_over_gkd_time"] = ratio("kd", "gkd", "step_ms")
-        summary["kd_over_gkd_peak"] = ratio("kd", "gkd", "peak_mib")
-        summary["kd_over_gkd_step_mem"] = ratio("kd", "gkd", "step_mib")
-        summary["loss_kd_minus_gkd"] = results["kd"]["first_loss"] - results["gkd"]["first_loss"]
-    if {"kd", "ce", "teacher"} <= set(results):
-        floor = results["ce"]["step_ms"] + results["teacher"]["step_ms"]
-        summary["kd_over_floor_time"] = results["kd"]["step_ms"] / floor if floor == floor and floor > 0 else None
-    for key, value in summary.items():
-        print(f"{key}: {'n/a' if value is None else f'{value:.4g}'}")
-    if not args.no_csv:
-        path = append_rows("kd", [{**r, **summary} for r in rows])
-        print(f"rows appended to {path}")
-    return 0
+    summary: dict[str, float | None] = {}
+    for suffix in ("", "_gc"):
+        kd, gkd, ce = f"kd{suffix}", f"gkd{suffix}", f"ce{suffix}"
+        if kd in results and gkd in results:
+            summary[f"{kd}_over_{gkd}_time"] = ratio(kd, gkd, "step_ms")
+            summary[f"{kd}_over_{gkd}_peak"] = ratio(kd, gkd, "peak_mib")
+            summary[f"{kd}_over_{gkd}_step_mem"] = ratio(kd, gkd, "step_mib")
+            summary[f"loss_{kd}_minus_{gkd}"] = results[kd]["first_loss"] - results[gkd]["first_loss"]
+        if {kd, ce, "teacher"} <= set(results):
+            floor = results[ce]["step_ms"] + results["teacher"]["step_ms"]
+            summary[f"{kd}_over_floor_time"] = results[kd]["step_ms"] / floor if floor == floor and floor > 0 else None
+    return summary
+
+
+def report_profile(directory: Path, variants: list[str]) -> None:
+    """Print where the KD step spends more than the floor, per op; plot the memory timelines."""
+    from benchmarks.harness import print_table
+
+    ops = {v: {o["op"]: o for o in json.loads((directory / f"{v}_ops.json").read_text())}
+           for v in variants if (directory / f"{v}_ops.json").exists()}
+    for kd, ce in (("kd", "ce"), ("kd_gc", "ce_gc")):
+        if not {kd, ce, "teacher"} <= set(ops):
+            continue
+        names = set(ops[kd]) | set(ops[ce]) | set(ops["teacher"])
+        rows = []
+        for name in names:
+            floor = sum(ops[v].get(name, {}).get("self_ms", 0.0) for v in (ce, "teacher"))
+            mine = ops[kd].get(name, {}).get("self_ms", 0.0)
+            rows.append({"op": name, f"{kd}_ms": mine, "floor_ms": floor, "above_floor_ms": mine - floor,
+                         f"{kd}_calls": ops[kd].get(name, {}).get("calls", 0)})
+        rows.sort(key=lambda r: -abs(r["above_floor_ms"]))
+        total = {"op": "(all ops)", f"{kd}_ms": sum(r[f"{kd}_ms"] for r in rows), "floor_ms": sum(r["floor_ms"] for r in rows),
+                 "above_floor_ms": sum(r["above_floor_ms"] for r in rows), f"{kd}_calls": sum(r[f"{kd}_calls"] for r in rows)}
+        print(f"per op, one profiled step: {kd} against the floor ({ce} + teacher), largest differences first")
+        print_table([total, *rows[:20]])
+        import csv
+
+        with (directory / f"ops_above_floor_{kd}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(total))
+            writer.writeheader()
+            writer.writerows([total, *rows])
+    timelines = {v: json.loads((directory / f"{v}_memory.json").read_text())
+                 for v in variants if (directory / f"{v}_memory.json").exists()}
+    if timelines:
+        plot_memory(timelines, directory / "memory.png")
+        print(f"memory timelines in {directory / 'memory.png'}")
+
+
+def plot_memory(timelines: dict[str, list], path: Path) -> None:
+    """One panel per variant: memory over the profiled step, stacked by category (GiB)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(10, 2.6 * len(timelines)), squeeze=False)
+    for ax, (variant, (times, sizes)) in zip(axes[:, 0], timelines.items()):
+        if not times:
+            ax.set_title(f"{variant}: no allocations recorded")
+            continue
+        t = [(x - times[0]) / 1e6 for x in times]  # us -> s
+        # Column 0 of each row is unused by torch; 1.. follow MEMORY_CATEGORIES.
+        layers = [[row[i + 1] / 2**30 for row in sizes] for i in range(len(MEMORY_CATEGORIES))]
+        ax.stackplot(t, layers, labels=MEMORY_CATEGORIES, step="post")
+        peak = max(sum(row) for row in sizes) / 2**30
+        ax.set_title(f"{variant}: peak {peak:.2f} GiB")
+        ax.set_ylabel("GiB")
+        ax.set_xlim(0, max(t[-1], 1e-9))
+    axes[-1, 0].set_xlabel("seconds into the profiled step")
+    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

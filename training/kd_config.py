@@ -65,11 +65,21 @@ class KDConfig(SFTConfig):
             "and skew_reverse_kl; 0 is plain KL."
         },
     )
-    loss_chunk_size: int = field(
-        default=1024,
+    loss_chunk_size: int | None = field(
+        default=None,
         metadata={
             "help": "Tokens per chunk of the fused LM head + loss: the student's (and an online teacher's) logits exist "
-            "for this many tokens at a time, never for the whole batch. 0 = one chunk (still never kept for backward)."
+            "for this many tokens at a time, never for the whole batch. Default: from the vocabulary size and the "
+            "device (training.losses.auto_chunk_size). 0 = one chunk (still never kept for backward)."
+        },
+    )
+    loss_compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Run each chunk's softmaxes, divergence and gradient through torch.compile (a few fused loops instead "
+            "of one pass per operation; same formulas). Default: on when the student's vocabulary has at least 8192 "
+            "entries (training.losses.fused.compile_pays: below that the elementwise work is small next to compiling). Falls back to eager, with a warning, "
+            "where compilation fails."
         },
     )
     top_k: int = field(
@@ -165,7 +175,8 @@ class KDConfig(SFTConfig):
             (self.kd_loss_type in KD_LOSS_TYPES, f"kd_loss_type must be one of {', '.join(KD_LOSS_TYPES)}, got {self.kd_loss_type!r}"),
             (0.0 <= self.beta <= 1.0, f"beta must be in [0, 1], got {self.beta}"),
             (0.0 <= self.skew < 1.0, f"skew must be in [0, 1), got {self.skew}"),
-            (self.loss_chunk_size >= 0, f"loss_chunk_size must be >= 0, got {self.loss_chunk_size}"),
+            (self.loss_chunk_size is None or self.loss_chunk_size >= 0,
+             f"loss_chunk_size must be >= 0 (or unset: automatic), got {self.loss_chunk_size}"),
             (self.hidden_loss_weight >= 0, f"hidden_loss_weight must be >= 0, got {self.hidden_loss_weight}"),
             (self.hidden_loss_type in ("mse", "cosine"), f"hidden_loss_type must be mse or cosine, got {self.hidden_loss_type!r}"),
             (self.weight_match_weight >= 0, f"weight_match_weight must be >= 0, got {self.weight_match_weight}"),

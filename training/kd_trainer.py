@@ -24,9 +24,20 @@ from trl.models import prepare_deepspeed
 from trl.models.utils import _ForwardRedirection
 
 from training.kd_config import KDConfig
-from training.losses.fused import DenseTeacher, LinearHead, TopKTeacher, fused_linear_distillation
+from training.losses.fused import (
+    DenseTeacher,
+    LinearHead,
+    TopKTeacher,
+    compile_pays,
+    fused_linear_distillation,
+)
 from training.losses.kd import get_divergence
-from training.objectives import HiddenStateObjective, LayerWeightObjective, Objective, ObjectiveInputs
+from training.objectives import (
+    HiddenStateObjective,
+    LayerWeightObjective,
+    Objective,
+    ObjectiveInputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +114,7 @@ class KDTrainer(SFTTrainer):
         student = _core(self.accelerator.unwrap_model(self.model))
         self.student_vocab_size = student.get_output_embeddings().weight.shape[0]
         self.divergence = get_divergence(args.kd_loss_type, args.beta, args.skew)
+        self.compile_loss = args.loss_compile if args.loss_compile is not None else compile_pays(self.student_vocab_size)
         self.teacher_model = None
         if teacher_model is not None:
             self.teacher_model = self._prepare_teacher(teacher_model)
@@ -290,6 +302,7 @@ class KDTrainer(SFTTrainer):
             temperature=self.args.temperature,
             num_items_in_batch=num_items_in_batch,
             chunk_size=self.args.loss_chunk_size,
+            compile=self.compile_loss,
         )
         values = []
         if len(self.objectives):

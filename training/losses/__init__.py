@@ -14,7 +14,15 @@ from training.losses.base import (
     topk_bucket_log_probs,
     topk_distillation_loss,
 )
-from training.losses.fused import DenseTeacher, FusedLossOutput, LinearHead, TopKTeacher, fused_linear_distillation
+from training.losses.fused import (
+    DenseTeacher,
+    FusedLossOutput,
+    LinearHead,
+    TopKTeacher,
+    auto_chunk_size,
+    compile_pays,
+    fused_linear_distillation,
+)
 from training.losses.kd import (
     KD_LOSS_TYPES,
     combine_losses,
@@ -43,6 +51,8 @@ __all__ = [
     "forward_kl",
     "forward_kl_loss",
     "fused_linear_distillation",
+    "auto_chunk_size",
+    "compile_pays",
     "generalized_jsd",
     "get_divergence",
     "kd_loss",
