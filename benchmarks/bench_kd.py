@@ -32,6 +32,7 @@ per variant (DIR/memory.png, by category: parameters, optimizer state, activatio
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--profile", metavar="DIR", default="",
-                        help="also profile one step per variant: DIR/<variant>_ops.json, ops_above_floor.csv, memory.png")
+                        help="also profile one step per variant: DIR/<variant>_ops.json, ops_above_floor_<kd variant>.csv, memory.png")
     parser.add_argument("--no-csv", action="store_true", help="print only, append nothing to benchmarks/results/kd.csv")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--json-out", help=argparse.SUPPRESS)
@@ -421,8 +422,6 @@ def report_profile(directory: Path, variants: list[str]) -> None:
                  "above_floor_ms": sum(r["above_floor_ms"] for r in rows), f"{kd}_calls": sum(r[f"{kd}_calls"] for r in rows)}
         print(f"per op, one profiled step: {kd} against the floor ({ce} + teacher), largest differences first")
         print_table([total, *rows[:20]])
-        import csv
-
         with (directory / f"ops_above_floor_{kd}.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(total))
             writer.writeheader()

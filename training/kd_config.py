@@ -78,8 +78,8 @@ class KDConfig(SFTConfig):
         metadata={
             "help": "Run each chunk's softmaxes, divergence and gradient through torch.compile (a few fused loops instead "
             "of one pass per operation; same formulas). Default: on when the student's vocabulary has at least 8192 "
-            "entries (training.losses.fused.compile_pays: below that the elementwise work is small next to compiling). Falls back to eager, with a warning, "
-            "where compilation fails."
+            "entries (training.losses.fused.compile_pays: below that the elementwise work is small next to "
+            "compiling). Falls back to eager, with a warning, where compilation fails."
         },
     )
     top_k: int = field(
