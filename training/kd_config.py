@@ -8,7 +8,11 @@ from typing import Any
 import torch
 from trl import SFTConfig
 
+from training.kv.adapters import HEAD_MIXING
+from training.kv.fusion import ENTROPY_MODES, PROTOTYPES, ROUTERS, SIMILARITIES
 from training.losses.kd import KD_LOSS_TYPES
+
+KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
 
 
 def _has_accelerator() -> bool:
@@ -138,6 +142,73 @@ class KDConfig(SFTConfig):
         default_factory=lambda: ["self_attn.q_proj", "self_attn.o_proj"],
         metadata={"help": "Modules of each decoder layer whose weights are matched (attention query and output by default)."},
     )
+    kv_teachers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "KV-cache distillation from these teachers (model specs or folders, comma-separated: smollm2,minilm). "
+            "Each reads the text through its own tokenizer and chat template; their keys/values at mapped layers are "
+            "aligned to the student's tokens, projected into its heads and fused (training.kv). Off when unset.",
+            "aliases": ["--kv-teachers"],
+        },
+    )
+    kv_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the KV objective in the total loss (logged unweighted as kv_loss)."})
+    kv_layer_map: str = field(
+        default="ratio",
+        metadata={
+            "help": "Teacher layers to student layers: ratio (teacher layer l goes to student layer round(l * L_s / L_t), "
+            "several averaged), uniform (same relative depth, interpolated), skip (one teacher layer each) or pairs "
+            "'s:t,s:t' (0-based)."
+        },
+    )
+    kv_lambda_k: float = field(default=1.0, metadata={"help": "Weight of the keys' normalised MSE."})
+    kv_lambda_v: float = field(default=1.0, metadata={"help": "Weight of the values' normalised MSE."})
+    kv_beta: float = field(default=0.0, metadata={"help": "Weight of 1 - cos between student and teacher K and V (per head)."})
+    kv_gamma: float = field(
+        default=0.0,
+        metadata={"help": "Weight of KL(teacher || student) between head-averaged attention maps, the teacher's mapped through the token alignment."},
+    )
+    kv_fusion: str = field(
+        default="fixed",
+        metadata={
+            "help": "How teachers are combined: fixed (kv_weights), similarity (to teacher prototypes), learnable "
+            "(a router on the student's hidden states), mince / avgce (FuseLLM: per sequence the teacher with the "
+            "lowest CE per character / softmax(-CE)).",
+            "choices": list(KV_FUSIONS),
+            "aliases": ["--fusion"],
+        },
+    )
+    kv_weights: list[float] | None = field(default=None, metadata={"help": "Fixed fusion weights, one per teacher (default equal)."})
+    kv_router: str = field(default="mlp", metadata={"help": "Learned router: mlp, gate or attention.", "choices": list(ROUTERS), "aliases": ["--router"]})
+    kv_granularity: str = field(default="token", metadata={"help": "Routing per token or per sequence.", "choices": ["token", "sequence"]})
+    kv_similarity: str = field(default="cosine", metadata={"help": "Similarity routing: cosine, dot or l2.", "choices": list(SIMILARITIES)})
+    kv_prototype: str = field(
+        default="mean",
+        metadata={"help": "Teacher prototypes for similarity routing: mean (pooled), first (first token) or kmeans (4 centroids).", "choices": list(PROTOTYPES)},
+    )
+    kv_tau: float = field(default=0.1, metadata={"help": "Similarity routing temperature: w = softmax(sim / tau)."})
+    kv_entropy: str = field(
+        default="diverse",
+        metadata={
+            "help": "Learned-router regulariser: diverse (against collapse: log T - H(batch mean weights)), specialized "
+            "(crisp choices: mean H(w)) or none.",
+            "choices": list(ENTROPY_MODES),
+        },
+    )
+    kv_entropy_weight: float = field(default=0.01, metadata={"help": "Strength of the router's entropy term."})
+    kv_head_mixing: str = field(
+        default="auto",
+        metadata={"help": "K/V head adapter: group (heads grouped or expanded; the counts must divide), dense (any counts) or auto.", "choices": list(HEAD_MIXING)},
+    )
+    kv_rope: str = field(
+        default="pre",
+        metadata={
+            "help": "pre: compare keys before rotary embedding (RoPE bases and lengths do not matter); post_ntk: after it, "
+            "the teacher's keys rotated with its base NTK-scaled by kv_ntk_scale.",
+            "choices": ["pre", "post_ntk"],
+        },
+    )
+    kv_ntk_scale: float = field(default=1.0, metadata={"help": "Context scale s of the NTK base, base * s^(d / (d - 2)) (kv_rope post_ntk)."})
+    kv_ce_temperature: float = field(default=1.0, metadata={"help": "avgce: weights softmax(-CE / temperature)."})
     lora_r: int = field(
         default=0,
         metadata={"help": "LoRA rank; 0 trains the full student, > 0 trains (and saves) a LoRA adapter only."},
@@ -188,6 +259,7 @@ class KDConfig(SFTConfig):
             (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
             (not (self.teacher_model and self.logits_dir), "set teacher_model (online) or logits_dir (offline), not both"),
             (not (self.logits_dir and self.top_k == 0), "top_k=0 (full teacher distribution) needs an online teacher_model"),
+            (self.kv_loss_weight >= 0, f"kv_loss_weight must be >= 0, got {self.kv_loss_weight}"),
             (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
             (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
             (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
@@ -195,7 +267,20 @@ class KDConfig(SFTConfig):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.kv_teachers is not None:
+            from training.kv.teachers import teacher_specs
+
+            self.kv_teachers = teacher_specs(self.kv_teachers) or None
+        self.kv_settings()  # range checks of the kv_* fields
+        if self.kv_teachers and self.kv_weights is not None and len(self.kv_weights) != len(self.kv_teachers):
+            raise ValueError(f"kv_weights has {len(self.kv_weights)} entries for {len(self.kv_teachers)} kv_teachers")
         super().__post_init__()
+
+    def kv_settings(self) -> Any:
+        """The ``training.kv.KVSettings`` of the ``kv_*`` fields."""
+        from training.kv.objective import KVSettings
+
+        return KVSettings.from_config(self)
 
     def lora_config(self) -> Any:
         """The ``peft.LoraConfig`` these options describe, or None when ``lora_r`` is 0 (full training)."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from contextlib import ExitStack
+from typing import Any, Mapping, Sequence
 
 import torch
 from accelerate.utils import is_peft_model
@@ -65,6 +66,14 @@ class KDTrainer(SFTTrainer):
             under `no_grad`.
         objectives: extra [`training.objectives.Objective`] modules (your own or built-in ones), each added
             as `objective.weight * value`; their parameters are trained with the student.
+        kv_teachers: KV-cache teachers (specs, folders or loaded `training.kv.KVTeacher`s; default
+            `args.kv_teachers`). Adds the `training.kv.KVDistillation` objective (named `kv`) and wraps the
+            collator in `training.kv.KVCollator`, which renders each example's conversation for every
+            teacher: from a `messages` column, or from `kv_conversations[example["id"]]`. With `alpha > 0`
+            and no other teacher, the first KV teacher also gives the logits, if it shares the student's
+            tokenizer.
+        kv_conversations: item id -> messages (user turn(s) and the assistant answer), for datasets
+            without a `messages` column (as `training.mcq_data.build_dataset` makes them).
         **kwargs: passed to [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, `peft_config`, ...).
 
     With `args.logits_dir` the batches get the stored top-k teacher log-probs from
@@ -89,6 +98,8 @@ class KDTrainer(SFTTrainer):
         data_collator: Any = None,
         peft_config: Any = None,
         objectives: Sequence[Objective] = (),
+        kv_teachers: Sequence[Any] | None = None,
+        kv_conversations: Mapping[str, Sequence[dict[str, str]]] | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -101,11 +112,15 @@ class KDTrainer(SFTTrainer):
             raise ValueError("pass an online teacher_model or an offline logits_dir, not both")
         if args.logits_dir and (args.padding_free or args.packing):
             raise ValueError("stored teacher logits are aligned per example: padding_free and packing are not supported")
-        if args.alpha > 0 and teacher_model is None and not args.logits_dir and data_collator is None:
+        kv_teachers = list(kv_teachers if kv_teachers is not None else (args.kv_teachers or []))
+        if args.alpha > 0 and teacher_model is None and not args.logits_dir and data_collator is None and not kv_teachers:
             raise ValueError(
                 "KD needs a teacher: pass teacher_model (online), set logits_dir (offline), or a data_collator that "
                 "adds teacher_topk_ids / teacher_topk_logprobs; alpha=0 trains with CE only"
             )
+        self._kv_logits_from_teacher = bool(
+            kv_teachers and args.alpha > 0 and teacher_model is None and not args.logits_dir and data_collator is None
+        )
         if peft_config is None:
             peft_config = args.lora_config()
         super().__init__(model, args=args, data_collator=data_collator, peft_config=peft_config, **kwargs)
@@ -116,6 +131,9 @@ class KDTrainer(SFTTrainer):
         self.divergence = get_divergence(args.kd_loss_type, args.beta, args.skew)
         self.compile_loss = args.loss_compile if args.loss_compile is not None else compile_pays(self.student_vocab_size)
         self.teacher_model = None
+        kv_objective = self._kv_objective(student, kv_teachers, kv_conversations) if kv_teachers else None
+        if teacher_model is None and self._kv_logits_from_teacher:
+            teacher_model = self._logit_teacher_from_kv(kv_objective.teachers[0])
         if teacher_model is not None:
             self.teacher_model = self._prepare_teacher(teacher_model)
             logger.info("distilling from an online teacher (%s)", type(self.teacher_model).__name__)
@@ -126,8 +144,56 @@ class KDTrainer(SFTTrainer):
             store = TeacherLogits(args.logits_dir)
             logger.info("distilling from stored top-%d logits of %d items in %s", store.k, len(store), store.path)
             self.data_collator = TopKCollator(self.data_collator, store, vocab_size=self.student_vocab_size, top_k=args.top_k)
-        self.objectives = torch.nn.ModuleList([*self._configured_objectives(student), *objectives])
+        extra = [kv_objective] if kv_objective is not None else []
+        self.objectives = torch.nn.ModuleList([*self._configured_objectives(student), *extra, *objectives])
         self._setup_objectives()
+
+    # ------------------------------------------------------------------------------------ KV teachers
+
+    def _kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations) -> Objective:
+        """Load the KV teachers, build the KV objective and put the teachers' tokens into every batch."""
+        from training.kv.collator import KVCollator
+        from training.kv.objective import KVDistillation
+        from training.kv.teachers import KVTeacher, load_kv_teacher
+
+        if self.args.padding_free or self.args.packing:
+            raise ValueError("KV teachers align tokens per example: padding_free and packing are not supported")
+        settings = self.args.kv_settings()
+        dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
+        lm_head = settings.fusion in ("mince", "avgce")
+        teachers = []
+        for n, spec in enumerate(specs):
+            if isinstance(spec, KVTeacher):
+                teachers.append(spec)
+            else:
+                head = lm_head or (n == 0 and self._kv_logits_from_teacher)
+                teachers.append(load_kv_teacher(str(spec), dtype=dtype, device=self.args.device, lm_head=head))
+        objective = KVDistillation(student, teachers, settings, weight=self.args.kv_loss_weight)
+        pad_ids = [t.tokenizer.pad_token_id or 0 for t in teachers]
+        self.data_collator = KVCollator(
+            self.data_collator, self._tokenizer, [t.view for t in teachers], conversations, pad_ids=pad_ids
+        )
+        logger.info("KV distillation from %d teachers: %s", len(teachers), ", ".join(t.spec for t in teachers))
+        return objective
+
+    def _logit_teacher_from_kv(self, teacher: Any) -> PreTrainedModel:
+        """The first KV teacher as the logit teacher (alpha > 0 and no other teacher), if it can be one."""
+        from training.collator import check_same_tokenizer
+
+        model = teacher.model
+        if not hasattr(model, "lm_head"):
+            raise ValueError(
+                f"alpha={self.args.alpha} distils logits, but the first KV teacher {teacher.spec} has no LM head (an "
+                "encoder): set alpha 0 (KV and CE only), put a decoder sharing the student's tokenizer first, or give "
+                "teacher_model"
+            )
+        try:
+            check_same_tokenizer(self._tokenizer, teacher.tokenizer, "student", f"KV teacher {teacher.spec}")
+        except ValueError as e:
+            raise ValueError(
+                f"{e}; alpha={self.args.alpha} distils logits from the first KV teacher: set alpha 0 or give teacher_model"
+            ) from None
+        return model
 
     def _prepare_teacher(self, teacher: str | os.PathLike | PreTrainedModel) -> torch.nn.Module:
         if isinstance(teacher, (str, os.PathLike)):
@@ -207,6 +273,9 @@ class KDTrainer(SFTTrainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         self._save_objectives(output_dir or self.args.output_dir)
+        if self.args.should_save:
+            for objective in self.objectives:
+                objective.save_extra(output_dir or self.args.output_dir)
 
     def _save_objectives(self, output_dir: str) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.objectives.state_dict().items()}
@@ -227,13 +296,19 @@ class KDTrainer(SFTTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.args.logits_dir and "id" not in self._signature_columns:
-            # The collator looks up each example's stored teacher rows by its id.
-            self._signature_columns = [*self._signature_columns, "id"]
+        wanted = []
+        if self.args.logits_dir or any(o.batch_prefix for o in self.objectives):
+            # The collators look up each example's stored teacher rows (or its conversation) by its id.
+            wanted.append("id")
+        if any(o.batch_prefix for o in self.objectives):
+            wanted.append("messages")
+        self._signature_columns = [*self._signature_columns, *(c for c in wanted if c not in self._signature_columns)]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         teacher_topk = [inputs.pop(key, None) for key in TEACHER_KEYS]
+        prefixes = tuple(o.batch_prefix for o in self.objectives if o.batch_prefix)
+        extras = {k: inputs.pop(k) for k in [k for k in inputs if prefixes and k.startswith(prefixes)]}
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         model_inputs["use_cache"] = False
@@ -241,7 +316,7 @@ class KDTrainer(SFTTrainer):
         # Through the wrapper's forward (DDP/FSDP/DeepSpeed hooks fire) although we call the backbone.
         unwrapped = self.accelerator.unwrap_model(model)
         out, objective_values, n = self._forward_redirection(
-            model, unwrapped, self._kd_forward, unwrapped, model_inputs, labels, teacher_topk, num_items_in_batch
+            model, unwrapped, self._kd_forward, unwrapped, model_inputs, labels, teacher_topk, num_items_in_batch, extras
         )
         loss = out.loss
         if objective_values:
@@ -268,11 +343,15 @@ class KDTrainer(SFTTrainer):
         labels: torch.Tensor,
         teacher_topk: list[torch.Tensor | None],
         num_items_in_batch: int | torch.Tensor | None,
+        extras: dict[str, torch.Tensor] | None = None,
     ):
         """Fused CE + KD on the completion positions, and each objective's value: ``(output, values, n_tokens)``."""
         student = _core(unwrapped)
         need_states = any(o.needs_hidden_states for o in self.objectives)
-        backbone_out = student.base_model(**model_inputs, output_hidden_states=need_states)
+        with ExitStack() as recording:
+            for objective in self.objectives:
+                recording.enter_context(objective.recording())
+            backbone_out = student.base_model(**model_inputs, output_hidden_states=need_states)
         hidden = backbone_out.last_hidden_state  # (B, L, H)
         shift_labels = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
         mask = shift_labels != -100  # (B, L - 1)
@@ -312,6 +391,7 @@ class KDTrainer(SFTTrainer):
                 student_hidden_states=backbone_out.hidden_states if need_states else None,
                 teacher_hidden_states=teacher_states,
                 attention_mask=model_inputs.get("attention_mask", torch.ones_like(model_inputs["input_ids"])),
+                extras=extras or {},
             )
             values = [objective(inputs) for objective in self.objectives]
         return out, values, targets.numel()
@@ -345,6 +425,8 @@ class KDTrainer(SFTTrainer):
             mean = gather(value.detach().float().reshape(1).to(device)).mean()
             components[f"{objective.name}_loss"] = mean
             total = total + objective.weight * mean
+            for key, figure in objective.metrics.items():
+                components[f"{objective.name}_{key}"] = gather(torch.tensor([figure], device=device)).mean()
         if "kd_loss" in components or objective_values:
             components["total_loss"] = total
         for name, value in components.items():

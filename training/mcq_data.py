@@ -34,14 +34,14 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def tokenize_item(item: MCQItem, tokenizer: Any) -> dict[str, Any]:
-    """``{"id", "input_ids", "labels"}`` with labels -100 everywhere but the assistant answer."""
-    conversation = mcq_conversation(item)
-    prompt_text = tokenizer.apply_chat_template(conversation[:-1], tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(conversation, tokenize=False)
+def render_conversation(conversation: Sequence[dict[str, str]], tokenizer: Any, item_id: str = "") -> tuple[str, str]:
+    """``(prompt_text, completion_text)`` of a conversation whose last turn is the assistant's, rendered with
+    the tokenizer's chat template; the completion ends at the end-of-turn token."""
+    prompt_text = tokenizer.apply_chat_template(list(conversation[:-1]), tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(list(conversation), tokenize=False)
     if not full_text.startswith(prompt_text):
         raise ValueError(
-            f"item {item.id}: the chat template of {tokenizer.name_or_path} renders the prompt differently with and "
+            f"item {item_id}: the chat template of {tokenizer.name_or_path} renders the prompt differently with and "
             "without the answer, so the completion cannot be located"
         )
     completion = full_text[len(prompt_text) :]
@@ -49,6 +49,12 @@ def tokenize_item(item: MCQItem, tokenizer: Any) -> dict[str, Any]:
     eos = tokenizer.eos_token
     if eos and eos in completion:
         completion = completion[: completion.index(eos) + len(eos)]
+    return prompt_text, completion
+
+
+def tokenize_item(item: MCQItem, tokenizer: Any) -> dict[str, Any]:
+    """``{"id", "input_ids", "labels"}`` with labels -100 everywhere but the assistant answer."""
+    prompt_text, completion = render_conversation(mcq_conversation(item), tokenizer, item.id)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     input_ids = tokenizer(prompt_text + completion, add_special_tokens=False)["input_ids"]
     # Tokens can merge across the boundary; the completion starts where the two tokenizations diverge.

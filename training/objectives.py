@@ -20,7 +20,8 @@ for weights, i is decoder layer i (0-based). New objectives subclass ``Objective
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ class ObjectiveInputs:
     student_hidden_states: tuple[torch.Tensor, ...] | None  # (B, L, H) each; [0] = embeddings
     teacher_hidden_states: tuple[torch.Tensor, ...] | None  # (B, L, H_t) each
     attention_mask: torch.Tensor  # (B, L), 1 on real tokens
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # batch entries named by ``batch_prefix``
 
 
 class Objective(nn.Module, ABC):
@@ -44,10 +46,15 @@ class Objective(nn.Module, ABC):
 
     Class attributes tell the trainer what to compute: ``needs_hidden_states`` (student and teacher run
     with ``output_hidden_states``) and ``needs_teacher`` (an online teacher model is required).
+    ``batch_prefix``: batch entries whose names start with it are taken out of the model's inputs and
+    handed over in ``ObjectiveInputs.extras`` (what a collator added for this objective). ``recording()``
+    is entered around the student's forward pass (to capture activations with hooks). ``metrics`` is
+    logged after each step as ``<name>_<key>``, besides the value itself as ``<name>_loss``.
     """
 
     needs_hidden_states: bool = False
     needs_teacher: bool = True
+    batch_prefix: str | None = None
 
     def __init__(self, name: str, weight: float) -> None:
         super().__init__()
@@ -55,6 +62,18 @@ class Objective(nn.Module, ABC):
             raise ValueError(f"objective {name!r}: weight must be >= 0, got {weight}")
         self.name = name
         self.weight = float(weight)
+
+    def recording(self) -> AbstractContextManager[Any]:
+        """Entered around the student's forward pass; nothing by default."""
+        return nullcontext()
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Extra figures of the last call (logged per step); none by default."""
+        return {}
+
+    def save_extra(self, output_dir: str) -> None:
+        """Write what the objective needs saved beside the model besides its parameters; nothing by default."""
 
     @abstractmethod
     def forward(self, inputs: ObjectiveInputs) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""Multi-teacher KV-cache distillation from heterogeneous teachers, hosted by ``KDTrainer``.
+
+Teachers with other tokenizers, layer counts, head counts and widths (decoders and encoders) read the
+same conversations each its own way; their keys and values at mapped layers are aligned to the
+student's tokens (``align``), projected into its heads (``adapters``), fused by fixed weights, similarity
+routing, a learned router or FuseLLM's CE rules (``fusion``) and matched by the losses of
+``training.losses.kv``. ``KVDistillation`` (``objective``) is the ``training.objectives.Objective``
+that ``KDTrainer`` adds when ``KDConfig.kv_teachers`` is set; ``KVCollator`` puts each teacher's tokens
+and the token overlaps into the batches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "KVAdapter": "training.kv.adapters",
+    "KVCollator": "training.kv.collator",
+    "KVDistillation": "training.kv.objective",
+    "KVSettings": "training.kv.objective",
+    "KVTeacher": "training.kv.teachers",
+    "LearnedRouter": "training.kv.fusion",
+    "alignment_matrix": "training.kv.align",
+    "layer_map": "training.kv.align",
+    "load_kv_teacher": "training.kv.teachers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'training.kv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

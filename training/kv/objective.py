@@ -1,0 +1,369 @@
+"""``KVDistillation``: the multi-teacher KV-cache objective that ``KDTrainer`` hosts.
+
+Per micro-batch: every teacher reads its own tokens of the batch's conversations (``KVCollator``) with no
+gradient; forward hooks keep the K/V projections (pre-RoPE) of the mapped layers of teachers and student.
+For teacher i and mapped student layer s, the teacher layers feeding s are interpolated, projected into
+the student's heads (``KVAdapter``, learned) and moved onto the student's tokens through the alignment
+A (``(B, L_s, L_t)``). ``training.losses.kv.kv_token_loss`` gives the per-token loss of each teacher
+(mean over its mapped layers); the router's weights combine the teachers (``fuse_teacher_losses``),
+renormalised over the teachers that cover each token. A learned router adds its entropy penalty.
+
+Logged per step (``kv_<metric>``): each term per teacher (``kv_mse_k/<teacher>`` ...), the mean routing
+weight per teacher (``kv_weight/<teacher>``) and the entropy penalty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from training.kv.adapters import HEAD_MIXING, AdapterShapeError, KVAdapter
+from training.kv.align import (
+    apply_rotary,
+    ntk_scaled_base,
+    rope_inv_freq,
+    rotary_cos_sin,
+    row_normalize,
+    teacher_layers_used,
+)
+from training.kv.align import layer_map as make_layer_map
+from training.kv.collator import teacher_keys
+from training.kv.fusion import (
+    ENTROPY_MODES,
+    PROTOTYPES,
+    ROUTERS,
+    SIMILARITIES,
+    LearnedRouter,
+    avgce_weights,
+    entropy_penalty,
+    fixed_weights,
+    mince_weights,
+    similarity_weights,
+    teacher_prototypes,
+)
+from training.kv.models import (
+    KVCapture,
+    attention_layout,
+    attention_probs,
+    backbone,
+    rotary_cos_sin_of,
+)
+from training.kv.teachers import KVTeacher
+from training.losses.kv import (
+    KVLossWeights,
+    fuse_teacher_losses,
+    kv_token_loss,
+    map_attention,
+)
+from training.objectives import Objective, ObjectiveInputs
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "kv_manifest.json"
+KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
+ROPE_MODES = ("pre", "post_ntk")
+
+
+@dataclass
+class KVSettings:
+    """What ``KVDistillation`` does; ``KDConfig``'s ``kv_*`` fields fill it (``KVSettings.from_config``)."""
+
+    layer_map: str = "ratio"
+    lambda_k: float = 1.0
+    lambda_v: float = 1.0
+    beta: float = 0.0
+    gamma: float = 0.0
+    fusion: str = "fixed"
+    weights: list[float] | None = None
+    router: str = "mlp"
+    granularity: str = "token"
+    similarity: str = "cosine"
+    prototype: str = "mean"
+    tau: float = 0.1
+    entropy: str = "diverse"
+    entropy_weight: float = 0.01
+    head_mixing: str = "auto"
+    rope: str = "pre"
+    ntk_scale: float = 1.0
+    ce_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "fusion": KV_FUSIONS, "router": ROUTERS, "granularity": ("token", "sequence"), "similarity": SIMILARITIES,
+            "prototype": PROTOTYPES, "entropy": ENTROPY_MODES, "head_mixing": HEAD_MIXING, "rope": ROPE_MODES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"kv_{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        KVLossWeights(self.lambda_k, self.lambda_v, self.beta, self.gamma)  # range checks
+        if self.tau <= 0 or self.ntk_scale <= 0 or self.ce_temperature <= 0:
+            raise ValueError("kv_tau, kv_ntk_scale and kv_ce_temperature must be > 0")
+        if self.entropy_weight < 0:
+            raise ValueError(f"kv_entropy_weight must be >= 0, got {self.entropy_weight}")
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ValueError(f"kv_weights must be >= 0 and not all 0, got {self.weights}")
+
+    @property
+    def loss_weights(self) -> KVLossWeights:
+        return KVLossWeights(self.lambda_k, self.lambda_v, self.beta, self.gamma)
+
+    @classmethod
+    def from_config(cls, config: Any) -> KVSettings:
+        names = [f for f in cls.__dataclass_fields__]
+        return cls(**{n: getattr(config, f"kv_{n}") for n in names if hasattr(config, f"kv_{n}")})
+
+
+def teacher_names(teachers: Sequence[KVTeacher]) -> list[str]:
+    """Short names for logs and pictures: the spec, or a folder's name; repeats get ``#i``."""
+    names = []
+    for i, teacher in enumerate(teachers):
+        name = os.path.basename(teacher.spec.rstrip("/")) if os.sep in teacher.spec else teacher.spec
+        name = "".join(c if c.isalnum() or c in "-_.?=" else "_" for c in name)
+        names.append(f"{name}#{i}" if name in names else name)
+    return names
+
+
+class KVDistillation(Objective):
+    """Multi-teacher KV distillation of ``student`` from ``teachers`` (see the module docstring)."""
+
+    needs_teacher = False
+    batch_prefix = "kv"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers: Sequence[KVTeacher],
+        settings: KVSettings | None = None,
+        *,
+        weight: float = 1.0,
+        name: str = "kv",
+    ) -> None:
+        super().__init__(name, weight)
+        if not teachers:
+            raise ValueError("KV distillation needs at least one teacher")
+        self.settings = settings or KVSettings()
+        s = self.settings
+        if s.weights is not None and len(s.weights) != len(teachers):
+            raise ValueError(f"kv_weights has {len(s.weights)} entries for {len(teachers)} teachers")
+        if s.fusion in ("mince", "avgce"):
+            encoders = [t.spec for t in teachers if not hasattr(t.model, "lm_head")]
+            if encoders:
+                raise ValueError(
+                    f"kv_fusion {s.fusion} ranks teachers by their cross-entropy on the text, which {encoders} cannot "
+                    "give (an encoder, or a decoder loaded without its LM head); choose fixed, similarity or learnable"
+                )
+        self.teachers = list(teachers)  # a plain list: frozen teachers are neither trained nor saved
+        self.teacher_names = teacher_names(self.teachers)
+        self.layout = attention_layout(student)
+        self.layer_maps = []
+        self.adapters = nn.ModuleDict()
+        self._teacher_captures = []
+        student_layers: set[int] = set()
+        for i, teacher in enumerate(self.teachers):
+            try:
+                mapping = make_layer_map(s.layer_map, self.layout.num_layers, teacher.layout.num_layers)
+            except ValueError as e:
+                raise ValueError(f"KV teacher {teacher.spec}: {e}") from None
+            self.layer_maps.append(mapping)
+            student_layers.update(mapping)
+            t = teacher.layout
+            for layer in mapping:
+                for kind in ("k", "v"):
+                    try:
+                        adapter = KVAdapter(t.num_kv_heads, t.head_dim, self.layout.num_kv_heads, self.layout.head_dim, s.head_mixing)
+                    except AdapterShapeError as e:
+                        raise AdapterShapeError(f"KV teacher {teacher.spec}: {e}") from None
+                    self.adapters[f"t{i}_l{layer}_{kind}"] = adapter
+            self._teacher_captures.append(KVCapture(teacher.model, teacher_layers_used(mapping), queries=s.gamma > 0))
+        self._student_capture = KVCapture(student, sorted(student_layers), queries=s.gamma > 0)
+        self._student = [student]  # not a submodule: the trainer owns and saves the student
+        self.router = None
+        if s.fusion == "learnable":
+            self.router = LearnedRouter(self.layout.hidden_size, len(self.teachers), s.router, s.granularity)
+        self.needs_hidden_states = s.fusion == "learnable"
+        self._metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []  # per call: the routing weight of each teacher (for the pictures)
+
+    # ------------------------------------------------------------------------------ hooks for the trainer
+
+    def recording(self):
+        return self._student_capture.recording()
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self._metrics)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": "atkd-kv-manifest-v1",
+            "settings": asdict(self.settings),
+            "student": self.layout.as_dict(),
+            "teachers": [
+                {
+                    "name": self.teacher_names[i],
+                    **teacher.manifest(),
+                    "layer_map": {str(k): v for k, v in self.layer_maps[i].items()},
+                    "adapters": {
+                        key: list(self.adapters[key].shapes) + [self.adapters[key].identity]
+                        for key in self.adapters
+                        if key.startswith(f"t{i}_")
+                    },
+                }
+                for i, teacher in enumerate(self.teachers)
+            ],
+            "router": None if self.router is None else {"kind": self.router.kind, "granularity": self.router.granularity},
+        }
+
+    def save_extra(self, output_dir: str) -> None:
+        from data.records import atomic_write_json
+
+        atomic_write_json(os.path.join(output_dir, MANIFEST_FILE), self.manifest())
+
+    # ----------------------------------------------------------------------------------------- compute
+
+    @torch.no_grad()
+    def _run_teacher(self, i: int, extras: dict[str, torch.Tensor]):
+        teacher, capture = self.teachers[i], self._teacher_captures[i]
+        k_ids, k_mask, _ = teacher_keys(i)
+        ids, mask = extras[k_ids], extras[k_mask]
+        device = next(teacher.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        # The LM head runs only where CE routing needs the teacher's logits.
+        model = teacher.model if self.settings.fusion in ("mince", "avgce") else backbone(teacher.model)
+        kwargs = {"use_cache": False} if teacher.layout.kind == "decoder" else {}
+        with capture.recording():
+            out = model(input_ids=ids, attention_mask=mask, **kwargs)
+        logits = getattr(out, "logits", None)
+        return capture, ids, mask, logits
+
+    def _teacher_ce_per_char(self, ids, logits, overlap) -> torch.Tensor:
+        """Per sequence: the teacher's NLL of its content tokens per content character ``(B,)``."""
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L_t - 1)
+        chars = overlap.sum(1)[:, 1:].to(nll.device)  # characters of each teacher token shared with the student
+        content = chars > 0
+        return (nll * content).sum(1) / chars.sum(1).clamp(min=1.0)
+
+    def _student_rotary(self, like: torch.Tensor):
+        return rotary_cos_sin_of(self._student[0], like, like.shape[1])
+
+    def _post_rope(self, x: torch.Tensor, base: float) -> torch.Tensor:
+        """Rotate ``(B, L, H, d)`` at positions 0..L-1 with a plain rotary base (the post-RoPE option)."""
+        cos, sin = rotary_cos_sin(torch.arange(x.shape[1], device=x.device), rope_inv_freq(x.shape[-1], base).to(x.device))
+        return apply_rotary(x.transpose(1, 2), cos.to(x.dtype), sin.to(x.dtype)).transpose(1, 2)
+
+    def _rope_base(self, model: nn.Module) -> float:
+        config = model.config
+        params = getattr(config, "rope_parameters", None) or {}
+        return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+    def forward(self, inputs: ObjectiveInputs) -> torch.Tensor:
+        s, weights = self.settings, self.settings.loss_weights
+        capture = self._student_capture
+        if not capture.keys:
+            raise RuntimeError("KV distillation saw no student keys: the student forward ran outside recording()")
+        mask_s = inputs.attention_mask.bool()  # (B, L_s)
+        batch = mask_s.shape[0]
+        student_attn = {}
+        if weights.gamma:
+            any_k = next(iter(capture.keys.values()))
+            rotary = self._student_rotary(any_k)
+            student_attn = {
+                layer: attention_probs(capture.queries[layer], capture.keys[layer], mask_s, causal=True, rotary=rotary)
+                for layer in capture.layers
+            }
+        losses, covers, metrics, targets_for_routing, teacher_ce = [], [], {}, [], []
+        for i, teacher in enumerate(self.teachers):
+            t_capture, ids, t_mask, logits = self._run_teacher(i, inputs.extras)
+            overlap = inputs.extras[teacher_keys(i)[2]].to(mask_s.device)  # (B, L_s, L_t)
+            a = row_normalize(overlap)
+            cover = (overlap.sum(-1) > 0) & mask_s  # (B, L_s)
+            teacher_attn = {}
+            if weights.gamma:
+                rotary = rotary_cos_sin_of(teacher.model, t_capture.queries[t_capture.layers[0]], ids.shape[1])
+                teacher_attn = {
+                    layer: attention_probs(t_capture.queries[layer], t_capture.keys[layer], t_mask, causal=teacher.layout.kind == "decoder", rotary=rotary)
+                    for layer in t_capture.layers
+                }
+            per_layer, parts_sum = [], {}
+            target_top = None
+            for layer, sources in self.layer_maps[i].items():
+                t_k = sum(w * t_capture.keys[t].to(a.dtype) for t, w in sources)  # (B, L_t, H_t, d_t)
+                t_v = sum(w * t_capture.values[t].to(a.dtype) for t, w in sources)
+                target_k = torch.einsum("bst,bthd->bshd", a, self.adapters[f"t{i}_l{layer}_k"](t_k))  # (B, L_s, H_s, d_s)
+                target_v = torch.einsum("bst,bthd->bshd", a, self.adapters[f"t{i}_l{layer}_v"](t_v))
+                student_k, student_v = capture.keys[layer], capture.values[layer]
+                if s.rope == "post_ntk":
+                    d = student_k.shape[-1]
+                    student_k = self._post_rope(student_k, self._rope_base(self._student[0]))
+                    target_k = self._post_rope(target_k, ntk_scaled_base(self._rope_base(teacher.model), s.ntk_scale, d) if s.ntk_scale != 1 else self._rope_base(teacher.model))
+                attn_target = attn_student = None
+                if weights.gamma:
+                    mixed = sum(w * teacher_attn[t] for t, w in sources)
+                    attn_target = map_attention(mixed, overlap, causal=True)
+                    attn_student = student_attn[layer]
+                token_loss, parts = kv_token_loss(
+                    student_k.float(), student_v.float(), target_k.float(), target_v.float(), cover, weights,
+                    attention_target=attn_target, attention_student=attn_student,
+                )
+                per_layer.append(token_loss)
+                for key, value in parts.items():
+                    parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
+                target_top = target_k
+            losses.append(torch.stack(per_layer).mean(0))  # (B, L_s)
+            covers.append(cover)
+            targets_for_routing.append(target_top)
+            for key, value in parts_sum.items():
+                metrics[f"{key}/{self.teacher_names[i]}"] = value / len(per_layer)
+            if s.fusion in ("mince", "avgce"):
+                teacher_ce.append(self._teacher_ce_per_char(ids, logits, overlap).to(mask_s.device))
+        routed = self._route(inputs, mask_s, batch, targets_for_routing, covers, teacher_ce)  # (B, L_s, T) or (B, T)
+        per_token = routed if routed.dim() == 3 else routed[:, None, :].expand(-1, mask_s.shape[1], -1)
+        cover = torch.stack(covers, dim=-1).to(per_token.dtype)  # (B, L_s, T)
+        covered = per_token * cover
+        total = covered.sum(-1, keepdim=True)
+        fused_weights = torch.where(total > 0, covered / total.clamp(min=1e-30), torch.zeros_like(covered))
+        valid = (total.squeeze(-1) > 0) & mask_s
+        loss = fuse_teacher_losses(torch.stack(losses), fused_weights, valid)
+        if self.router is not None and s.entropy_weight and s.entropy != "none":
+            penalty = entropy_penalty(routed, mask_s, s.entropy)
+            metrics["entropy_penalty"] = float(penalty.detach())
+            loss = loss + s.entropy_weight * penalty
+        m = valid.to(fused_weights.dtype)[..., None]
+        mean_weights = ((fused_weights * m).sum((0, 1)) / m.sum().clamp(min=1.0)).detach().cpu()
+        record = {}
+        for i, name in enumerate(self.teacher_names):
+            metrics[f"weight/{name}"] = float(mean_weights[i])
+            record[name] = float(mean_weights[i])
+        self.history.append(record)
+        self._metrics = metrics
+        return loss
+
+    def _route(self, inputs, mask_s, batch, targets, covers, teacher_ce) -> torch.Tensor:
+        s = self.settings
+        device = mask_s.device
+        if s.fusion == "fixed":
+            return fixed_weights(s.weights or [1.0] * len(self.teachers), batch, device=device)
+        if s.fusion == "mince":
+            return mince_weights(torch.stack(teacher_ce, dim=-1))
+        if s.fusion == "avgce":
+            return avgce_weights(torch.stack(teacher_ce, dim=-1), s.ce_temperature)
+        if s.fusion == "similarity":
+            query = self._student_capture.keys[max(self._student_capture.layers)].detach().flatten(2).float()  # (B, L_s, H*d)
+            prototypes = [teacher_prototypes(t.detach().flatten(2).float(), c, s.prototype) for t, c in zip(targets, covers)]
+            return similarity_weights(query, prototypes, metric=s.similarity, tau=s.tau)
+        hidden = inputs.student_hidden_states
+        if hidden is None:
+            raise RuntimeError("the learned router needs the student's hidden states (needs_hidden_states)")
+        return self.router(hidden[-1].detach().float(), mask_s)
+
+    def remove_hooks(self) -> None:
+        self._student_capture.remove()
+        for capture in self._teacher_captures:
+            capture.remove()
+
