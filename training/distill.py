@@ -3,6 +3,11 @@
     python -m training.distill --student smollm2?layers=15 --teacher smollm2 --data items.jsonl \
         --output_dir runs/kd-student --max_steps 20
 
+KV-cache distillation from heterogeneous teachers (training.kv), with the curriculum's phase 5:
+
+    python -m training.distill --student "smollm2?layers=6" --kv-teachers smollm2,minilm --phase 5 \
+        --data ../shared/data/clinical/mmlu_dev.jsonl --output_dir runs/kv-student --max_steps 20
+
 Stored logits instead of an online teacher: ``--logits DIR`` (a folder written by
 ``training.teacher_logits.extract_teacher_logits`` for the same items). Every KDConfig / SFTConfig option
 is a flag (``--alpha 0.7 --temperature 2 --lora_r 16``); ``--config recipe.yaml`` sets any of them from a
@@ -24,8 +29,9 @@ from typing import Any, Sequence
 
 from data.records import DataError, MCQItem, atomic_write_json, usual_mode
 from engines.smollm2 import ModelNotFoundError
+from engines.spec import SpecError
 from training.kd_config import KDConfig
-from training.mcq_data import build_dataset, read_training_items
+from training.mcq_data import build_dataset, mcq_conversation, read_training_items
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +112,8 @@ def distill(
     if config.logits_dir and config.teacher_model:
         raise ValueError("distill needs an online teacher or stored logits, not both")
     mode = "offline" if config.logits_dir else "online" if config.teacher_model else "sft"
+    if config.kv_teachers:  # logits from the first KV teacher when alpha > 0 and no other teacher is named
+        mode = ("online" if mode == "sft" and config.alpha > 0 else mode) + "+kv"
 
     # Under `accelerate launch` every process runs this function; only the main one writes files. The
     # temporary folder has a fixed name so that all processes hand the same output_dir to the Trainer
@@ -131,14 +139,20 @@ def distill(
         else:
             tokenizer = AutoTokenizer.from_pretrained(student_path)
             config.output_dir = str(tmp)
+            # KV teachers read each item's conversation, rendered their own way.
+            conversations = {item.id: mcq_conversation(item) for item in items} if config.kv_teachers else None
             trainer = KDTrainer(
-                str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer
+                str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer,
+                kv_conversations=conversations,
             )
             result = trainer.train()
             trainer.save_model(str(tmp))
             history = trainer.state.log_history
             # Every logged component (ce_loss, kd_loss, total_loss, <objective>_loss), last value of each.
             losses = {key for entry in history for key in entry if key.endswith("_loss") and not key.startswith(("eval_", "train_"))}
+            # And each objective's own figures (kv_mse_k/<teacher>, kv_weight/<teacher>, ...).
+            names = tuple(f"{o.name}_" for o in trainer.objectives)
+            losses |= {key for entry in history for key in entry if names and key.startswith(names)}
             metrics.update(
                 steps=trainer.state.global_step,
                 tokens=_last_logged(history, "num_tokens") or 0,
@@ -184,7 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, DataError, OSError, ModelNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metrics = distill(student, items, config.output_dir, config, teacher_path=teacher)
+    from training.kv.errors import KVSetupError
+
+    try:
+        metrics = distill(student, items, config.output_dir, config, teacher_path=teacher)
+    except (KVSetupError, SpecError, ModelNotFoundError) as e:  # refused before the first step; nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one copy under accelerate launch

@@ -9,10 +9,9 @@ import torch
 from trl import SFTConfig
 
 from training.kv.adapters import HEAD_MIXING
-from training.kv.fusion import ENTROPY_MODES, PROTOTYPES, ROUTERS, SIMILARITIES
+from training.kv.fusion import ENTROPY_MODES, KV_FUSIONS, PROTOTYPES, ROUTERS, SIMILARITIES
 from training.losses.kd import KD_LOSS_TYPES
 
-KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
 
 
 def _has_accelerator() -> bool:
@@ -209,6 +208,23 @@ class KDConfig(SFTConfig):
     )
     kv_ntk_scale: float = field(default=1.0, metadata={"help": "Context scale s of the NTK base, base * s^(d / (d - 2)) (kv_rope post_ntk)."})
     kv_ce_temperature: float = field(default=1.0, metadata={"help": "avgce: weights softmax(-CE / temperature)."})
+    kv_phase: int | None = field(
+        default=None,
+        metadata={
+            "help": "Curriculum phase for the whole run (kv_recipe): 1 two teachers fixed 0.5/0.5, 2 two or three "
+            "heterogeneous teachers fixed, 3 all decoders with similarity routing, 4 learnable router + entropy, 5 "
+            "cross-architecture with an encoder. The phase sets the teachers it uses and its fusion; other kv_* options apply.",
+            "aliases": ["--phase"],
+        },
+    )
+    kv_schedule: str | None = field(
+        default=None,
+        metadata={"help": "Switch curriculum phase by optimizer step, 'phase:start_step,...' (e.g. '1:0,4:200,5:400'); replaces kv_phase."},
+    )
+    kv_recipe: str | None = field(
+        default=None,
+        metadata={"help": "YAML file of the curriculum phases (default: training/kv/recipes/curriculum.yaml)."},
+    )
     lora_r: int = field(
         default=0,
         metadata={"help": "LoRA rank; 0 trains the full student, > 0 trains (and saves) a LoRA adapter only."},
@@ -272,6 +288,7 @@ class KDConfig(SFTConfig):
 
             self.kv_teachers = teacher_specs(self.kv_teachers) or None
         self.kv_settings()  # range checks of the kv_* fields
+        self.kv_curriculum()  # the recipe parses and the phase / schedule exist
         if self.kv_teachers and self.kv_weights is not None and len(self.kv_weights) != len(self.kv_teachers):
             raise ValueError(f"kv_weights has {len(self.kv_weights)} entries for {len(self.kv_teachers)} kv_teachers")
         super().__post_init__()
@@ -281,6 +298,23 @@ class KDConfig(SFTConfig):
         from training.kv.objective import KVSettings
 
         return KVSettings.from_config(self)
+
+    def kv_curriculum(self) -> tuple[dict[int, Any], list[tuple[int, int]]]:
+        """``(phases, schedule)``: the recipe's phases and ``[(start_step, phase)]`` (empty without a phase)."""
+        if self.kv_phase is None and not self.kv_schedule:
+            return {}, []
+        if not self.kv_teachers:
+            raise ValueError("kv_phase / kv_schedule need kv_teachers")
+        if self.kv_phase is not None and self.kv_schedule:
+            raise ValueError("set kv_phase (one phase) or kv_schedule (phases by step), not both")
+        from training.kv.curriculum import load_recipe, parse_schedule
+
+        phases = load_recipe(self.kv_recipe)
+        if self.kv_schedule:
+            return phases, parse_schedule(self.kv_schedule, phases)
+        if self.kv_phase not in phases:
+            raise ValueError(f"kv_phase {self.kv_phase}: the recipe has phases {sorted(phases)}")
+        return phases, [(0, self.kv_phase)]
 
     def lora_config(self) -> Any:
         """The ``peft.LoraConfig`` these options describe, or None when ``lora_r`` is 0 (full training)."""

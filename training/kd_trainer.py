@@ -133,7 +133,12 @@ class KDTrainer(SFTTrainer):
         self.teacher_model = None
         kv_objective = self._kv_objective(student, kv_teachers, kv_conversations) if kv_teachers else None
         if teacher_model is None and self._kv_logits_from_teacher:
-            teacher_model = self._logit_teacher_from_kv(kv_objective.teachers[0])
+            from training.kv.errors import KVSetupError
+
+            try:
+                teacher_model = self._logit_teacher_from_kv(kv_objective.teachers[0])
+            except ValueError as e:
+                raise KVSetupError(str(e)) from None
         if teacher_model is not None:
             self.teacher_model = self._prepare_teacher(teacher_model)
             logger.info("distilling from an online teacher (%s)", type(self.teacher_model).__name__)
@@ -151,7 +156,20 @@ class KDTrainer(SFTTrainer):
     # ------------------------------------------------------------------------------------ KV teachers
 
     def _kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations) -> Objective:
-        """Load the KV teachers, build the KV objective and put the teachers' tokens into every batch."""
+        """Load the KV teachers, build the KV objective and put the teachers' tokens into every batch.
+
+        Every refusal (no fast tokenizer, a layer map out of range, heads no adapter bridges, a phase without
+        the teachers it needs) is a ``training.kv.errors.KVSetupError``, raised before the first step."""
+        from training.kv.errors import KVSetupError
+
+        try:
+            return self._build_kv_objective(student, specs, conversations)
+        except KVSetupError:
+            raise
+        except ValueError as e:
+            raise KVSetupError(str(e)) from None
+
+    def _build_kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations) -> Objective:
         from training.kv.collator import KVCollator
         from training.kv.objective import KVDistillation
         from training.kv.teachers import KVTeacher, load_kv_teacher
@@ -168,7 +186,14 @@ class KDTrainer(SFTTrainer):
             else:
                 head = lm_head or (n == 0 and self._kv_logits_from_teacher)
                 teachers.append(load_kv_teacher(str(spec), dtype=dtype, device=self.args.device, lm_head=head))
-        objective = KVDistillation(student, teachers, settings, weight=self.args.kv_loss_weight)
+        phases, schedule = self.args.kv_curriculum()
+        objective = KVDistillation(
+            student, teachers, settings, weight=self.args.kv_loss_weight, phases=phases, schedule=schedule
+        )
+        if len(schedule) > 1:
+            from training.kv.curriculum import PhaseCallback
+
+            self.add_callback(PhaseCallback(objective, schedule))
         pad_ids = [t.tokenizer.pad_token_id or 0 for t in teachers]
         self.data_collator = KVCollator(
             self.data_collator, self._tokenizer, [t.view for t in teachers], conversations, pad_ids=pad_ids

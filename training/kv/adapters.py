@@ -20,10 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.kv.errors import KVSetupError
+
 HEAD_MIXING = ("auto", "group", "dense")
 
 
-class AdapterShapeError(ValueError):
+class AdapterShapeError(KVSetupError):
     """A teacher's K/V heads cannot be bridged to the student's with the chosen head mixing."""
 
 

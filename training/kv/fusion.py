@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce", "domain")
+# What KDTrainer's kv_fusion offers. Hard routing by a domain tag (domain_weights) is a function only: the
+# trainer has no per-item tag column yet.
+KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
 ROUTERS = ("mlp", "gate", "attention")
 SIMILARITIES = ("cosine", "dot", "l2")
 PROTOTYPES = ("mean", "first", "kmeans")

@@ -33,8 +33,10 @@ from training.kv.align import (
 )
 from training.kv.align import layer_map as make_layer_map
 from training.kv.collator import teacher_keys
+from training.kv.curriculum import Phase, apply_phase
 from training.kv.fusion import (
     ENTROPY_MODES,
+    KV_FUSIONS,
     PROTOTYPES,
     ROUTERS,
     SIMILARITIES,
@@ -65,7 +67,6 @@ from training.objectives import Objective, ObjectiveInputs
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "kv_manifest.json"
-KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
 ROPE_MODES = ("pre", "post_ntk")
 
 
@@ -142,23 +143,22 @@ class KVDistillation(Objective):
         *,
         weight: float = 1.0,
         name: str = "kv",
+        phases: dict[int, Phase] | None = None,
+        schedule: Sequence[tuple[int, int]] = (),
     ) -> None:
         super().__init__(name, weight)
         if not teachers:
             raise ValueError("KV distillation needs at least one teacher")
-        self.settings = settings or KVSettings()
-        s = self.settings
-        if s.weights is not None and len(s.weights) != len(teachers):
-            raise ValueError(f"kv_weights has {len(s.weights)} entries for {len(teachers)} teachers")
-        if s.fusion in ("mince", "avgce"):
-            encoders = [t.spec for t in teachers if not hasattr(t.model, "lm_head")]
-            if encoders:
-                raise ValueError(
-                    f"kv_fusion {s.fusion} ranks teachers by their cross-entropy on the text, which {encoders} cannot "
-                    "give (an encoder, or a decoder loaded without its LM head); choose fixed, similarity or learnable"
-                )
+        self.base_settings = settings or KVSettings()
         self.teachers = list(teachers)  # a plain list: frozen teachers are neither trained nor saved
         self.teacher_names = teacher_names(self.teachers)
+        self.phases = dict(phases or {})
+        self.schedule = list(schedule)
+        # Check every phase the schedule reaches before the first step, so none fails half-way.
+        reachable = [self._phase_setup(n) for _, n in self.schedule] or [(list(range(len(self.teachers))), self.base_settings)]
+        if not self.schedule:
+            self._check_settings(self.base_settings, self.teachers)
+        s = self.base_settings
         self.layout = attention_layout(student)
         self.layer_maps = []
         self.adapters = nn.ModuleDict()
@@ -179,15 +179,53 @@ class KVDistillation(Objective):
                     except AdapterShapeError as e:
                         raise AdapterShapeError(f"KV teacher {teacher.spec}: {e}") from None
                     self.adapters[f"t{i}_l{layer}_{kind}"] = adapter
-            self._teacher_captures.append(KVCapture(teacher.model, teacher_layers_used(mapping), queries=s.gamma > 0))
-        self._student_capture = KVCapture(student, sorted(student_layers), queries=s.gamma > 0)
+            self._teacher_captures.append(
+                KVCapture(teacher.model, teacher_layers_used(mapping), queries=any(x.gamma > 0 for _, x in reachable))
+            )
+        self._student_capture = KVCapture(student, sorted(student_layers), queries=any(x.gamma > 0 for _, x in reachable))
         self._student = [student]  # not a submodule: the trainer owns and saves the student
         self.router = None
-        if s.fusion == "learnable":
-            self.router = LearnedRouter(self.layout.hidden_size, len(self.teachers), s.router, s.granularity)
-        self.needs_hidden_states = s.fusion == "learnable"
+        learned = [settings for _, settings in reachable if settings.fusion == "learnable"]
+        if learned:
+            self.router = LearnedRouter(self.layout.hidden_size, len(self.teachers), learned[0].router, learned[0].granularity)
+        self.needs_hidden_states = self.router is not None
         self._metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []  # per call: the routing weight of each teacher (for the pictures)
+        self.phase: int | None = None
+        self.active, self.settings = reachable[0]
+        if self.schedule:
+            self.set_phase(self.schedule[0][1])
+
+    # ------------------------------------------------------------------------------------ phases
+
+    def _phase_setup(self, number: int) -> tuple[list[int], KVSettings]:
+        """The teachers and settings of a phase, checked against the teachers at hand."""
+        if number not in self.phases:
+            raise ValueError(f"no phase {number} in the curriculum (phases {sorted(self.phases)})")
+        phase = self.phases[number]
+        chosen = phase.select([t.layout.kind for t in self.teachers], self.teacher_names)
+        settings = apply_phase(self.base_settings, phase)
+        self._check_settings(settings, [self.teachers[i] for i in chosen], f"phase {number}: ")
+        return chosen, settings
+
+    @staticmethod
+    def _check_settings(settings: KVSettings, teachers: Sequence[KVTeacher], where: str = "") -> None:
+        if settings.weights is not None and len(settings.weights) != len(teachers):
+            raise ValueError(f"{where}kv_weights has {len(settings.weights)} entries for {len(teachers)} teachers")
+        if settings.fusion in ("mince", "avgce"):
+            encoders = [t.spec for t in teachers if not hasattr(t.model, "lm_head")]
+            if encoders:
+                raise ValueError(
+                    f"{where}kv_fusion {settings.fusion} ranks teachers by their cross-entropy on the text, which "
+                    f"{encoders} cannot give (an encoder, or a decoder loaded without its LM head); choose fixed, "
+                    "similarity or learnable"
+                )
+
+    def set_phase(self, number: int) -> None:
+        """Switch to a curriculum phase (logged with its settings)."""
+        self.active, self.settings = self._phase_setup(number)
+        self.phase = number
+        logger.info("KV curriculum %s", self.phases[number].describe(self.teacher_names, self.active))
 
     # ------------------------------------------------------------------------------ hooks for the trainer
 
@@ -278,7 +316,8 @@ class KVDistillation(Objective):
                 for layer in capture.layers
             }
         losses, covers, metrics, targets_for_routing, teacher_ce = [], [], {}, [], []
-        for i, teacher in enumerate(self.teachers):
+        for i in self.active:
+            teacher = self.teachers[i]
             t_capture, ids, t_mask, logits = self._run_teacher(i, inputs.extras)
             overlap = inputs.extras[teacher_keys(i)[2]].to(mask_s.device)  # (B, L_s, L_t)
             a = row_normalize(overlap)
@@ -336,10 +375,11 @@ class KVDistillation(Objective):
             loss = loss + s.entropy_weight * penalty
         m = valid.to(fused_weights.dtype)[..., None]
         mean_weights = ((fused_weights * m).sum((0, 1)) / m.sum().clamp(min=1.0)).detach().cpu()
-        record = {}
-        for i, name in enumerate(self.teacher_names):
-            metrics[f"weight/{name}"] = float(mean_weights[i])
-            record[name] = float(mean_weights[i])
+        record = {name: 0.0 for name in self.teacher_names}
+        for j, i in enumerate(self.active):
+            record[self.teacher_names[i]] = float(mean_weights[j])
+        for name, value in record.items():
+            metrics[f"weight/{name}"] = value
         self.history.append(record)
         self._metrics = metrics
         return loss
@@ -348,7 +388,7 @@ class KVDistillation(Objective):
         s = self.settings
         device = mask_s.device
         if s.fusion == "fixed":
-            return fixed_weights(s.weights or [1.0] * len(self.teachers), batch, device=device)
+            return fixed_weights(s.weights or [1.0] * len(self.active), batch, device=device)
         if s.fusion == "mince":
             return mince_weights(torch.stack(teacher_ce, dim=-1))
         if s.fusion == "avgce":
@@ -360,7 +400,8 @@ class KVDistillation(Objective):
         hidden = inputs.student_hidden_states
         if hidden is None:
             raise RuntimeError("the learned router needs the student's hidden states (needs_hidden_states)")
-        return self.router(hidden[-1].detach().float(), mask_s)
+        logits = self.router.logits(hidden[-1].detach().float(), mask_s)
+        return torch.softmax(logits[..., self.active].float(), dim=-1)  # inactive teachers get no weight
 
     def remove_hooks(self) -> None:
         self._student_capture.remove()

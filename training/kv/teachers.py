@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from training.kv.align import Span, content_spans, render_segments
+from training.kv.errors import KVSetupError
 from training.kv.models import AttentionLayout, attention_layout
 
 logger = logging.getLogger(__name__)
 
 
-class TeacherError(ValueError):
+class TeacherError(KVSetupError):
     """A KV teacher that cannot be used as asked (a message that says what to change)."""
 
 
