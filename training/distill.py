@@ -114,6 +114,8 @@ def distill(
     mode = "offline" if config.logits_dir else "online" if config.teacher_model else "sft"
     if config.kv_teachers:  # logits from the first KV teacher when alpha > 0 and no other teacher is named
         mode = ("online" if mode == "sft" and config.alpha > 0 else mode) + "+kv"
+    elif config.kv_dir:
+        mode += "+stored-kv"
 
     # Under `accelerate launch` every process runs this function; only the main one writes files. The
     # temporary folder has a fixed name so that all processes hand the same output_dir to the Trainer
@@ -140,7 +142,7 @@ def distill(
             tokenizer = AutoTokenizer.from_pretrained(student_path)
             config.output_dir = str(tmp)
             # KV teachers read each item's conversation, rendered their own way.
-            conversations = {item.id: mcq_conversation(item) for item in items} if config.kv_teachers else None
+            conversations = {item.id: mcq_conversation(item) for item in items} if (config.kv_teachers or config.kv_dir) else None
             trainer = KDTrainer(
                 str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer,
                 kv_conversations=conversations,

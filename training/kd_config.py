@@ -150,6 +150,14 @@ class KDConfig(SFTConfig):
             "aliases": ["--kv-teachers"],
         },
     )
+    kv_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Offline KV teachers: a folder written by python -m training.teacher_kv (index.json + shards); no "
+            "teacher model is loaded. Replaces kv_teachers.",
+            "aliases": ["--kv-dir"],
+        },
+    )
     kv_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the KV objective in the total loss (logged unweighted as kv_loss)."})
     kv_layer_map: str = field(
         default="ratio",
@@ -276,6 +284,7 @@ class KDConfig(SFTConfig):
             (not (self.teacher_model and self.logits_dir), "set teacher_model (online) or logits_dir (offline), not both"),
             (not (self.logits_dir and self.top_k == 0), "top_k=0 (full teacher distribution) needs an online teacher_model"),
             (self.kv_loss_weight >= 0, f"kv_loss_weight must be >= 0, got {self.kv_loss_weight}"),
+            (not (self.kv_teachers and self.kv_dir), "set kv_teachers (online) or kv_dir (stored K/V), not both"),
             (self.lora_r >= 0, f"lora_r must be >= 0, got {self.lora_r}"),
             (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}"),
             (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}"),
@@ -303,8 +312,8 @@ class KDConfig(SFTConfig):
         """``(phases, schedule)``: the recipe's phases and ``[(start_step, phase)]`` (empty without a phase)."""
         if self.kv_phase is None and not self.kv_schedule:
             return {}, []
-        if not self.kv_teachers:
-            raise ValueError("kv_phase / kv_schedule need kv_teachers")
+        if not self.kv_teachers and not self.kv_dir:
+            raise ValueError("kv_phase / kv_schedule need kv_teachers (or kv_dir)")
         if self.kv_phase is not None and self.kv_schedule:
             raise ValueError("set kv_phase (one phase) or kv_schedule (phases by step), not both")
         from training.kv.curriculum import load_recipe, parse_schedule

@@ -112,6 +112,13 @@ class KDTrainer(SFTTrainer):
             raise ValueError("pass an online teacher_model or an offline logits_dir, not both")
         if args.logits_dir and (args.padding_free or args.packing):
             raise ValueError("stored teacher logits are aligned per example: padding_free and packing are not supported")
+        kv_store = None
+        if kv_teachers is None and args.kv_dir:
+            from training.kv.store import TeacherKVStore
+
+            kv_store = TeacherKVStore(args.kv_dir)
+            kv_teachers = kv_store.teachers()
+        self._kv_store = kv_store
         kv_teachers = list(kv_teachers if kv_teachers is not None else (args.kv_teachers or []))
         if args.alpha > 0 and teacher_model is None and not args.logits_dir and data_collator is None and not kv_teachers:
             raise ValueError(
@@ -196,7 +203,8 @@ class KDTrainer(SFTTrainer):
             self.add_callback(PhaseCallback(objective, schedule))
         pad_ids = [t.tokenizer.pad_token_id or 0 for t in teachers]
         self.data_collator = KVCollator(
-            self.data_collator, self._tokenizer, [t.view for t in teachers], conversations, pad_ids=pad_ids
+            self.data_collator, self._tokenizer, [t.view for t in teachers], conversations, pad_ids=pad_ids,
+            store=self._kv_store,
         )
         logger.info("KV distillation from %d teachers: %s", len(teachers), ", ".join(t.spec for t in teachers))
         return objective
@@ -206,6 +214,11 @@ class KDTrainer(SFTTrainer):
         from training.collator import check_same_tokenizer
 
         model = teacher.model
+        if model is None:
+            raise ValueError(
+                f"alpha={self.args.alpha} distils logits, but the KV teachers are stored K/V (kv_dir) with no model: set "
+                "alpha 0, give teacher_model, or logits_dir"
+            )
         if not hasattr(model, "lm_head"):
             raise ValueError(
                 f"alpha={self.args.alpha} distils logits, but the first KV teacher {teacher.spec} has no LM head (an "

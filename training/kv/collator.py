@@ -7,6 +7,10 @@ right) and adds, for teacher ``i``:
     kv{i}_attention_mask  (B, L_t)
     kv{i}_overlap         (B, L_s, L_t)  characters shared by student token s and teacher token t
 
+With a ``store`` (``training.kv.store.TeacherKVStore``: K/V stored offline) it also adds each teacher's
+stored arrays as ``kv{i}_k.<layer>``, ``kv{i}_v.<layer>`` (``(B, L_t, H, d)``, float16), ``kv{i}_q.<layer>``
+and ``kv{i}_nll`` where stored, after checking that the stored tokens are the ones rendered now.
+
 An example's conversation comes from its ``messages`` column, or from ``conversations[example["id"]]``
 (the MCQ items, as ``training.mcq_data.mcq_conversation`` renders them). The student side is rendered
 with the student's chat template and must give exactly the example's ``input_ids``: otherwise the
@@ -36,6 +40,7 @@ class KVCollator:
     teacher_views: Sequence[Callable[[Sequence[dict[str, str]]], TokenView]]
     conversations: Mapping[str, Sequence[dict[str, str]]] | None = None
     pad_ids: Sequence[int] = field(default_factory=list)
+    store: Any = None  # training.kv.store.TeacherKVStore: every teacher's K/V read from it
     key: str = "id"
     drop: tuple[str, ...] = ("messages",)
 
@@ -85,4 +90,24 @@ class KVCollator:
                 )
             k_ids, k_mask, k_overlap = teacher_keys(i)
             batch[k_ids], batch[k_mask], batch[k_overlap] = ids, mask, overlap
+            if self.store is not None:
+                batch.update(self._stored(i, examples, views, width))
         return batch
+
+    def _stored(self, i: int, examples: list[dict[str, Any]], views: list[TokenView], width: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for b, (ex, view) in enumerate(zip(examples, views)):
+            rows = self.store.rows(i, ex[self.key])
+            stored_ids = rows.pop("ids")
+            if stored_ids.tolist() != list(view.input_ids):
+                raise ValueError(
+                    f"item {ex[self.key]!r}: teacher {i}'s stored tokens ({len(stored_ids)}) differ from the "
+                    f"{len(view.input_ids)} it reads now; the K/V in {self.store.path} were stored from other text "
+                    "(item, chat template or tokenizer changed): store them again"
+                )
+            for name, value in rows.items():
+                key = f"kv{i}_{name}"
+                if key not in out:
+                    out[key] = torch.zeros((len(examples), width, *value.shape[1:]), dtype=value.dtype)
+                out[key][b, : len(value)] = value
+        return out

@@ -135,6 +135,16 @@ class KVCapture:
         self._handles.clear()
 
 
+def rope_theta(model_or_config: Any) -> float | None:
+    """The default-RoPE base of a decoder, or None (no rotary positions, or a scaled RoPE type)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    params = getattr(config, "rope_parameters", None) or {}
+    if params:
+        return float(params["rope_theta"]) if params.get("rope_type", "default") == "default" else None
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else None
+
+
 def rotary_cos_sin_of(model: nn.Module, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The model's own rotary cos/sin ``(B, L, d)`` at positions 0..L-1, or None without rotary positions."""
     core = backbone(model)

@@ -53,9 +53,10 @@ from training.kv.models import (
     attention_layout,
     attention_probs,
     backbone,
+    rope_theta,
     rotary_cos_sin_of,
 )
-from training.kv.teachers import KVTeacher
+from training.kv.teachers import KVTeacher, teacher_names
 from training.losses.kv import (
     KVLossWeights,
     fuse_teacher_losses,
@@ -119,14 +120,6 @@ class KVSettings:
         return cls(**{n: getattr(config, f"kv_{n}") for n in names if hasattr(config, f"kv_{n}")})
 
 
-def teacher_names(teachers: Sequence[KVTeacher]) -> list[str]:
-    """Short names for logs and pictures: the spec, or a folder's name; repeats get ``#i``."""
-    names = []
-    for i, teacher in enumerate(teachers):
-        name = os.path.basename(teacher.spec.rstrip("/")) if os.sep in teacher.spec else teacher.spec
-        name = "".join(c if c.isalnum() or c in "-_.?=" else "_" for c in name)
-        names.append(f"{name}#{i}" if name in names else name)
-    return names
 
 
 class KVDistillation(Objective):
@@ -179,9 +172,12 @@ class KVDistillation(Objective):
                     except AdapterShapeError as e:
                         raise AdapterShapeError(f"KV teacher {teacher.spec}: {e}") from None
                     self.adapters[f"t{i}_l{layer}_{kind}"] = adapter
-            self._teacher_captures.append(
-                KVCapture(teacher.model, teacher_layers_used(mapping), queries=any(x.gamma > 0 for _, x in reachable))
-            )
+            wants_queries = any(x.gamma > 0 for _, x in reachable)
+            if teacher.model is not None:
+                self._teacher_captures.append(KVCapture(teacher.model, teacher_layers_used(mapping), queries=wants_queries))
+            else:
+                self._teacher_captures.append(None)
+                self._check_stored(teacher, teacher_layers_used(mapping), wants_queries)
         self._student_capture = KVCapture(student, sorted(student_layers), queries=any(x.gamma > 0 for _, x in reachable))
         self._student = [student]  # not a submodule: the trainer owns and saves the student
         self.router = None
@@ -195,6 +191,20 @@ class KVDistillation(Objective):
         self.active, self.settings = reachable[0]
         if self.schedule:
             self.set_phase(self.schedule[0][1])
+
+    @staticmethod
+    def _check_stored(teacher: KVTeacher, layers: Sequence[int], queries: bool) -> None:
+        stored = teacher.stored or {}
+        missing = sorted(set(layers) - set(stored.get("layers", [])))
+        if missing:
+            raise ValueError(
+                f"stored K/V of {teacher.name} hold layers {stored.get('layers')} but the layer map reads {missing}: "
+                "store them for this student's layer count and kv_layer_map (python -m training.teacher_kv --student ...)"
+            )
+        if queries and not stored.get("queries"):
+            raise ValueError(f"kv_gamma > 0 needs the queries of {teacher.name}: store them with --queries")
+        if queries and teacher.layout.kind == "decoder" and teacher.rope_theta is None:
+            raise ValueError(f"kv_gamma > 0 with stored K/V needs a default-RoPE decoder; {teacher.name} has a scaled RoPE")
 
     # ------------------------------------------------------------------------------------ phases
 
@@ -213,7 +223,7 @@ class KVDistillation(Objective):
         if settings.weights is not None and len(settings.weights) != len(teachers):
             raise ValueError(f"{where}kv_weights has {len(settings.weights)} entries for {len(teachers)} teachers")
         if settings.fusion in ("mince", "avgce"):
-            encoders = [t.spec for t in teachers if not hasattr(t.model, "lm_head")]
+            encoders = [t.spec for t in teachers if not t.causal_lm]
             if encoders:
                 raise ValueError(
                     f"{where}kv_fusion {settings.fusion} ranks teachers by their cross-entropy on the text, which "
@@ -265,27 +275,52 @@ class KVDistillation(Objective):
     # ----------------------------------------------------------------------------------------- compute
 
     @torch.no_grad()
-    def _run_teacher(self, i: int, extras: dict[str, torch.Tensor]):
-        teacher, capture = self.teachers[i], self._teacher_captures[i]
+    def _teacher_states(self, i: int, extras: dict[str, torch.Tensor], need_nll: bool, need_rotary: bool) -> dict[str, Any]:
+        """Teacher i's keys, values, queries ``{layer: (B, L_t, H, d)}``, token NLL ``(B, L_t)`` and rotary
+        cos/sin: from a forward pass of the live teacher, or from the stored rows the collator put in the batch."""
+        teacher = self.teachers[i]
         k_ids, k_mask, _ = teacher_keys(i)
         ids, mask = extras[k_ids], extras[k_mask]
+        layers = teacher_layers_used(self.layer_maps[i])
+        if teacher.model is None:
+            get = lambda name: extras[f"kv{i}_{name}"].float()  # noqa: E731
+            states = {
+                "keys": {layer: get(f"k.{layer}") for layer in layers},
+                "values": {layer: get(f"v.{layer}") for layer in layers},
+                "queries": {layer: get(f"q.{layer}") for layer in layers if f"kv{i}_q.{layer}" in extras},
+                "nll": get("nll") if need_nll else None,
+                "ids": ids, "mask": mask, "rotary": None,
+            }
+            if need_rotary and teacher.layout.kind == "decoder":
+                positions = torch.arange(ids.shape[1], device=ids.device)
+                cos, sin = rotary_cos_sin(positions, rope_inv_freq(teacher.layout.head_dim, teacher.rope_theta).to(ids.device))
+                states["rotary"] = (cos[None].expand(ids.shape[0], -1, -1), sin[None].expand(ids.shape[0], -1, -1))
+            return states
+        capture = self._teacher_captures[i]
         device = next(teacher.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        # The LM head runs only where CE routing needs the teacher's logits.
-        model = teacher.model if self.settings.fusion in ("mince", "avgce") else backbone(teacher.model)
+        # The LM head runs only where CE routing needs the teacher's log-probs.
+        model = teacher.model if need_nll else backbone(teacher.model)
         kwargs = {"use_cache": False} if teacher.layout.kind == "decoder" else {}
         with capture.recording():
             out = model(input_ids=ids, attention_mask=mask, **kwargs)
-        logits = getattr(out, "logits", None)
-        return capture, ids, mask, logits
+        nll = None
+        if need_nll:
+            logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+            nll = torch.cat([torch.zeros_like(logp[:, :1, 0]), -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)], dim=1)
+        rotary = None
+        if need_rotary:
+            like = capture.keys[capture.layers[0]]
+            rotary = rotary_cos_sin_of(teacher.model, like, ids.shape[1])
+        return {"keys": dict(capture.keys), "values": dict(capture.values), "queries": dict(capture.queries),
+                "nll": nll, "ids": ids, "mask": mask, "rotary": rotary}
 
-    def _teacher_ce_per_char(self, ids, logits, overlap) -> torch.Tensor:
-        """Per sequence: the teacher's NLL of its content tokens per content character ``(B,)``."""
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L_t - 1)
+    @staticmethod
+    def _teacher_ce_per_char(nll: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
+        """Per sequence: the teacher's NLL of its content tokens per content character ``(B,)`` (comparable
+        across tokenizers, unlike a per-token mean). The first token has no context and is left out."""
         chars = overlap.sum(1)[:, 1:].to(nll.device)  # characters of each teacher token shared with the student
-        content = chars > 0
-        return (nll * content).sum(1) / chars.sum(1).clamp(min=1.0)
+        return (nll[:, 1:] * (chars > 0)).sum(1) / chars.sum(1).clamp(min=1.0)
 
     def _student_rotary(self, like: torch.Tensor):
         return rotary_cos_sin_of(self._student[0], like, like.shape[1])
@@ -295,10 +330,11 @@ class KVDistillation(Objective):
         cos, sin = rotary_cos_sin(torch.arange(x.shape[1], device=x.device), rope_inv_freq(x.shape[-1], base).to(x.device))
         return apply_rotary(x.transpose(1, 2), cos.to(x.dtype), sin.to(x.dtype)).transpose(1, 2)
 
-    def _rope_base(self, model: nn.Module) -> float:
-        config = model.config
-        params = getattr(config, "rope_parameters", None) or {}
-        return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    def _student_base(self) -> float:
+        base = rope_theta(self._student[0])
+        if base is None:
+            raise ValueError("kv_rope post_ntk needs a student with default rotary embedding")
+        return base
 
     def forward(self, inputs: ObjectiveInputs) -> torch.Tensor:
         s, weights = self.settings, self.settings.loss_weights
@@ -318,29 +354,35 @@ class KVDistillation(Objective):
         losses, covers, metrics, targets_for_routing, teacher_ce = [], [], {}, [], []
         for i in self.active:
             teacher = self.teachers[i]
-            t_capture, ids, t_mask, logits = self._run_teacher(i, inputs.extras)
+            states = self._teacher_states(i, inputs.extras, need_nll=s.fusion in ("mince", "avgce"), need_rotary=bool(weights.gamma))
+            t_mask = states["mask"]
             overlap = inputs.extras[teacher_keys(i)[2]].to(mask_s.device)  # (B, L_s, L_t)
             a = row_normalize(overlap)
             cover = (overlap.sum(-1) > 0) & mask_s  # (B, L_s)
             teacher_attn = {}
             if weights.gamma:
-                rotary = rotary_cos_sin_of(teacher.model, t_capture.queries[t_capture.layers[0]], ids.shape[1])
                 teacher_attn = {
-                    layer: attention_probs(t_capture.queries[layer], t_capture.keys[layer], t_mask, causal=teacher.layout.kind == "decoder", rotary=rotary)
-                    for layer in t_capture.layers
+                    layer: attention_probs(
+                        states["queries"][layer], states["keys"][layer], t_mask.to(mask_s.device),
+                        causal=teacher.layout.kind == "decoder", rotary=states["rotary"],
+                    ).to(mask_s.device)
+                    for layer in states["keys"]
                 }
             per_layer, parts_sum = [], {}
             target_top = None
             for layer, sources in self.layer_maps[i].items():
-                t_k = sum(w * t_capture.keys[t].to(a.dtype) for t, w in sources)  # (B, L_t, H_t, d_t)
-                t_v = sum(w * t_capture.values[t].to(a.dtype) for t, w in sources)
+                t_k = sum(w * states["keys"][t].to(a.device, a.dtype) for t, w in sources)  # (B, L_t, H_t, d_t)
+                t_v = sum(w * states["values"][t].to(a.device, a.dtype) for t, w in sources)
                 target_k = torch.einsum("bst,bthd->bshd", a, self.adapters[f"t{i}_l{layer}_k"](t_k))  # (B, L_s, H_s, d_s)
                 target_v = torch.einsum("bst,bthd->bshd", a, self.adapters[f"t{i}_l{layer}_v"](t_v))
                 student_k, student_v = capture.keys[layer], capture.values[layer]
                 if s.rope == "post_ntk":
                     d = student_k.shape[-1]
-                    student_k = self._post_rope(student_k, self._rope_base(self._student[0]))
-                    target_k = self._post_rope(target_k, ntk_scaled_base(self._rope_base(teacher.model), s.ntk_scale, d) if s.ntk_scale != 1 else self._rope_base(teacher.model))
+                    # Student keys with the student's base; the target with the teacher's (the student's for an
+                    # encoder, which has none), NTK-scaled for a context kv_ntk_scale times longer.
+                    base = teacher.rope_theta or self._student_base()
+                    student_k = self._post_rope(student_k, self._student_base())
+                    target_k = self._post_rope(target_k, ntk_scaled_base(base, s.ntk_scale, d) if s.ntk_scale != 1 else base)
                 attn_target = attn_student = None
                 if weights.gamma:
                     mixed = sum(w * teacher_attn[t] for t, w in sources)
@@ -360,7 +402,7 @@ class KVDistillation(Objective):
             for key, value in parts_sum.items():
                 metrics[f"{key}/{self.teacher_names[i]}"] = value / len(per_layer)
             if s.fusion in ("mince", "avgce"):
-                teacher_ce.append(self._teacher_ce_per_char(ids, logits, overlap).to(mask_s.device))
+                teacher_ce.append(self._teacher_ce_per_char(states["nll"], overlap).to(mask_s.device))
         routed = self._route(inputs, mask_s, batch, targets_for_routing, covers, teacher_ce)  # (B, L_s, T) or (B, T)
         per_token = routed if routed.dim() == 3 else routed[:, None, :].expand(-1, mask_s.shape[1], -1)
         cover = torch.stack(covers, dim=-1).to(per_token.dtype)  # (B, L_s, T)
@@ -406,5 +448,6 @@ class KVDistillation(Objective):
     def remove_hooks(self) -> None:
         self._student_capture.remove()
         for capture in self._teacher_captures:
-            capture.remove()
+            if capture is not None:
+                capture.remove()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +23,7 @@ from torch import nn
 
 from training.kv.align import Span, content_spans, render_segments
 from training.kv.errors import KVSetupError
-from training.kv.models import AttentionLayout, attention_layout
+from training.kv.models import AttentionLayout, attention_layout, rope_theta
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +81,43 @@ def token_view(
 
 @dataclass
 class KVTeacher:
-    """A loaded, frozen teacher; ``model`` is its backbone, or its causal LM when CE routing needs logits."""
+    """A teacher: loaded and frozen (``model`` is its backbone, or its causal LM when its logits are needed),
+    or an offline stand-in read from a K/V store (``model`` None, ``stored`` its index entry)."""
 
     spec: str
     path: str
-    model: nn.Module
+    model: nn.Module | None
     tokenizer: Any
     layout: AttentionLayout
     max_length: int | None
+    stored: dict[str, Any] | None = None
+    name_override: str | None = None
 
     @property
     def chat(self) -> bool:
+        if self.stored is not None:
+            return bool(self.stored["chat"])
         return self.layout.kind == "decoder" and bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def name(self) -> str:
-        return self.spec
+        return self.name_override or self.spec
+
+    @property
+    def causal_lm(self) -> bool:
+        """Whether the teacher's token log-probs are at hand (a decoder with its LM head, or stored NLL)."""
+        if self.stored is not None:
+            return bool(self.stored["causal_lm"])
+        return hasattr(self.model, "lm_head")
+
+    @property
+    def rope_theta(self) -> float | None:
+        """The default-RoPE base (None for encoders and scaled RoPE types)."""
+        if self.stored is not None:
+            return self.stored["rope_theta"]
+        if self.layout.kind != "decoder":
+            return None
+        return rope_theta(self.model)
 
     def view(self, conversation: Sequence[dict[str, str]]) -> TokenView:
         return token_view(self.tokenizer, conversation, chat=self.chat, max_length=self.max_length)
@@ -104,9 +126,8 @@ class KVTeacher:
         return {
             "spec": self.spec,
             "path": self.path,
-            "architecture": type(self.model).__name__,
+            "architecture": type(self.model).__name__ if self.model is not None else "stored",
             "tokenizer_fingerprint": tokenizer_fingerprint(self.tokenizer),
-            "vocab_size": getattr(self.model.config, "vocab_size", None),
             "chat_template": self.chat,
             "layout": self.layout.as_dict(),
         }
@@ -157,6 +178,16 @@ def teacher_specs(value: str | Sequence[str] | None) -> list[str]:
         return []
     parts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
     return [p.strip() for p in parts if p.strip()]
+
+
+def teacher_names(teachers: Sequence[KVTeacher]) -> list[str]:
+    """Short names for logs and pictures: the spec, or a folder's name; repeats get ``#i``."""
+    names = []
+    for i, teacher in enumerate(teachers):
+        name = os.path.basename(teacher.spec.rstrip("/")) if os.sep in teacher.spec else teacher.spec
+        name = "".join(c if c.isalnum() or c in "-_.?=" else "_" for c in name)
+        names.append(f"{name}#{i}" if name in names else name)
+    return names
 
 
 def describe(teachers: Sequence[KVTeacher]) -> str:
