@@ -146,6 +146,7 @@ def distill(
             trainer = KDTrainer(
                 str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer,
                 kv_conversations=conversations,
+                kv_tags={item.id: item.source for item in items} if conversations else None,
             )
             result = trainer.train()
             trainer.save_model(str(tmp))

@@ -179,13 +179,30 @@ class KDConfig(SFTConfig):
         metadata={
             "help": "How teachers are combined: fixed (kv_weights), similarity (to teacher prototypes), learnable "
             "(a router on the student's hidden states), mince / avgce (FuseLLM: per sequence the teacher with the "
-            "lowest CE per character / softmax(-CE)).",
+            "lowest CE per character / softmax(-CE)), domain (each item to the teacher owning its tag).",
             "choices": list(KV_FUSIONS),
             "aliases": ["--fusion"],
         },
     )
     kv_weights: list[float] | None = field(default=None, metadata={"help": "Fixed fusion weights, one per teacher (default equal)."})
+    kv_teacher_domains: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "kv_fusion domain: the item tags each teacher owns, one entry per teacher, tags joined by | "
+            "(e.g. 'medmcqa|medqa' 'mmlu'). An item goes to the first teacher owning its tag (its source for MCQ "
+            "items), to all equally if none does."
+        },
+    )
     kv_router: str = field(default="mlp", metadata={"help": "Learned router: mlp, gate or attention.", "choices": list(ROUTERS), "aliases": ["--router"]})
+    kv_router_target: str = field(
+        default="loss",
+        metadata={
+            "help": "What trains the learned router: loss (end to end through the fused KV loss, plus the entropy term) "
+            "or teacher_ce (a KL to softmax(-CE per character / kv_ce_temperature) of the teachers on each sequence; "
+            "needs decoder teachers; the fused loss then does not move the router).",
+            "choices": ["loss", "teacher_ce"],
+        },
+    )
     kv_granularity: str = field(default="token", metadata={"help": "Routing per token or per sequence.", "choices": ["token", "sequence"]})
     kv_similarity: str = field(default="cosine", metadata={"help": "Similarity routing: cosine, dot or l2.", "choices": list(SIMILARITIES)})
     kv_prototype: str = field(
@@ -300,6 +317,10 @@ class KDConfig(SFTConfig):
         self.kv_curriculum()  # the recipe parses and the phase / schedule exist
         if self.kv_teachers and self.kv_weights is not None and len(self.kv_weights) != len(self.kv_teachers):
             raise ValueError(f"kv_weights has {len(self.kv_weights)} entries for {len(self.kv_teachers)} kv_teachers")
+        if self.kv_teachers and self.kv_teacher_domains is not None and len(self.kv_teacher_domains) != len(self.kv_teachers):
+            raise ValueError(
+                f"kv_teacher_domains has {len(self.kv_teacher_domains)} entries for {len(self.kv_teachers)} kv_teachers"
+            )
         super().__post_init__()
 
     def kv_settings(self) -> Any:

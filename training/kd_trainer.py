@@ -74,6 +74,8 @@ class KDTrainer(SFTTrainer):
             tokenizer.
         kv_conversations: item id -> messages (user turn(s) and the assistant answer), for datasets
             without a `messages` column (as `training.mcq_data.build_dataset` makes them).
+        kv_tags: item id -> tag (a domain or task): `kv_fusion="domain"` routes by it, and the routing
+            weights are also recorded per tag (`KVDistillation.tag_history`, the per-tag picture).
         **kwargs: passed to [`~trl.SFTTrainer`] (`train_dataset`, `processing_class`, `peft_config`, ...).
 
     With `args.logits_dir` the batches get the stored top-k teacher log-probs from
@@ -100,6 +102,7 @@ class KDTrainer(SFTTrainer):
         objectives: Sequence[Objective] = (),
         kv_teachers: Sequence[Any] | None = None,
         kv_conversations: Mapping[str, Sequence[dict[str, str]]] | None = None,
+        kv_tags: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -138,7 +141,7 @@ class KDTrainer(SFTTrainer):
         self.divergence = get_divergence(args.kd_loss_type, args.beta, args.skew)
         self.compile_loss = args.loss_compile if args.loss_compile is not None else compile_pays(self.student_vocab_size)
         self.teacher_model = None
-        kv_objective = self._kv_objective(student, kv_teachers, kv_conversations) if kv_teachers else None
+        kv_objective = self._kv_objective(student, kv_teachers, kv_conversations, kv_tags) if kv_teachers else None
         if teacher_model is None and self._kv_logits_from_teacher:
             from training.kv.errors import KVSetupError
 
@@ -162,7 +165,7 @@ class KDTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------------------------ KV teachers
 
-    def _kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations) -> Objective:
+    def _kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations, tags=None) -> Objective:
         """Load the KV teachers, build the KV objective and put the teachers' tokens into every batch.
 
         Every refusal (no fast tokenizer, a layer map out of range, heads no adapter bridges, a phase without
@@ -170,13 +173,13 @@ class KDTrainer(SFTTrainer):
         from training.kv.errors import KVSetupError
 
         try:
-            return self._build_kv_objective(student, specs, conversations)
+            return self._build_kv_objective(student, specs, conversations, tags)
         except KVSetupError:
             raise
         except ValueError as e:
             raise KVSetupError(str(e)) from None
 
-    def _build_kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations) -> Objective:
+    def _build_kv_objective(self, student: PreTrainedModel, specs: Sequence[Any], conversations, tags) -> Objective:
         from training.kv.collator import KVCollator
         from training.kv.objective import KVDistillation
         from training.kv.teachers import KVTeacher, load_kv_teacher
@@ -185,7 +188,7 @@ class KDTrainer(SFTTrainer):
             raise ValueError("KV teachers align tokens per example: padding_free and packing are not supported")
         settings = self.args.kv_settings()
         dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
-        lm_head = settings.fusion in ("mince", "avgce")
+        lm_head = settings.needs_teacher_ce
         teachers = []
         for n, spec in enumerate(specs):
             if isinstance(spec, KVTeacher):
@@ -204,8 +207,10 @@ class KDTrainer(SFTTrainer):
         pad_ids = [t.tokenizer.pad_token_id or 0 for t in teachers]
         self.data_collator = KVCollator(
             self.data_collator, self._tokenizer, [t.view for t in teachers], conversations, pad_ids=pad_ids,
-            store=self._kv_store,
+            store=self._kv_store, tags=tags,
         )
+        objective.tag_names = self.data_collator.tag_names
+        objective.student_tokenizer = self._tokenizer  # token labels of the alignment picture
         logger.info("KV distillation from %d teachers: %s", len(teachers), ", ".join(t.spec for t in teachers))
         return objective
 
@@ -430,6 +435,7 @@ class KDTrainer(SFTTrainer):
                 teacher_hidden_states=teacher_states,
                 attention_mask=model_inputs.get("attention_mask", torch.ones_like(model_inputs["input_ids"])),
                 extras=extras or {},
+                input_ids=model_inputs.get("input_ids"),
             )
             values = [objective(inputs) for objective in self.objectives]
         return out, values, targets.numel()

@@ -52,16 +52,22 @@ def render_conversation(conversation: Sequence[dict[str, str]], tokenizer: Any, 
     return prompt_text, completion
 
 
-def tokenize_item(item: MCQItem, tokenizer: Any) -> dict[str, Any]:
-    """``{"id", "input_ids", "labels"}`` with labels -100 everywhere but the assistant answer."""
-    prompt_text, completion = render_conversation(mcq_conversation(item), tokenizer, item.id)
+def tokenize_conversation(item_id: str, conversation: Sequence[dict[str, str]], tokenizer: Any) -> dict[str, Any]:
+    """``{"id", "input_ids", "labels"}`` of a conversation ending with the assistant turn, rendered with the
+    tokenizer's chat template; labels -100 everywhere but the assistant answer (and its end-of-turn token)."""
+    prompt_text, completion = render_conversation(conversation, tokenizer, item_id)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     input_ids = tokenizer(prompt_text + completion, add_special_tokens=False)["input_ids"]
     # Tokens can merge across the boundary; the completion starts where the two tokenizations diverge.
     start = _common_prefix(prompt_ids, input_ids)
     if start == len(input_ids):
-        raise ValueError(f"item {item.id}: the answer adds no tokens")
-    return {"id": item.id, "input_ids": input_ids, "labels": [-100] * start + input_ids[start:]}
+        raise ValueError(f"item {item_id}: the answer adds no tokens")
+    return {"id": item_id, "input_ids": input_ids, "labels": [-100] * start + input_ids[start:]}
+
+
+def tokenize_item(item: MCQItem, tokenizer: Any) -> dict[str, Any]:
+    """``{"id", "input_ids", "labels"}`` with labels -100 everywhere but the assistant answer."""
+    return tokenize_conversation(item.id, mcq_conversation(item), tokenizer)
 
 
 def tokenize_items(items: Sequence[MCQItem], tokenizer: Any) -> list[dict[str, Any]]:

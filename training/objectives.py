@@ -39,6 +39,7 @@ class ObjectiveInputs:
     teacher_hidden_states: tuple[torch.Tensor, ...] | None  # (B, L, H_t) each
     attention_mask: torch.Tensor  # (B, L), 1 on real tokens
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # batch entries named by ``batch_prefix``
+    input_ids: torch.Tensor | None = None  # (B, L), the student's tokens
 
 
 class Objective(nn.Module, ABC):

@@ -3,7 +3,7 @@
 **Tokens.** Teacher and student see the same content rendered each its own way (its own chat template,
 its own special tokens), so token ``i`` of one has no fixed partner in the other. Alignment works on
 *content characters*: each rendering is cut into segments that copy a message's content verbatim
-(``render_segments``); a token's character offsets (from a fast tokenizer's ``offset_mapping``) are
+(``render_segments``, which finds them by rendering once more with markers in place of the contents); a token's character offsets (from a fast tokenizer's ``offset_mapping``) are
 mapped into content coordinates (``content_spans``), and ``overlap_matrix`` counts, for every student
 token and teacher token, the characters they share. Rows normalised, that is the alignment matrix A
 (student tokens x teacher tokens). Decoded strings are never compared: byte-level BPE splits one
@@ -38,25 +38,51 @@ Span = tuple[int, int]  # [start, end) in content characters
 # --------------------------------------------------------------------------------------------- tokens
 
 
-def render_segments(text: str, contents: Sequence[str]) -> list[tuple[int, int, int]]:
-    """Where each content string sits in ``text`` (a rendering of them, in order): ``[(start, offset, length)]``.
+def content_marker(k: int) -> str:
+    """A stand-in for message k's content: private-use characters no template or text contains."""
+    return f"\ue000{k}\ue001"
 
-    ``start`` is the position in ``text``; ``offset`` the position of the same first character in the
-    concatenated contents. Raises ValueError if a content is not copied verbatim (a template that
-    rewrites what it renders cannot be aligned on characters).
+
+def render_segments(text: str, contents: Sequence[str], marked: str) -> list[tuple[int, int, int]]:
+    """Where each message's content sits in ``text``: ``[(start, offset, length)]`` for non-empty contents.
+
+    ``marked`` is the same rendering with each content replaced by ``content_marker(k)``: the pieces
+    between markers are the template's own text, so a short content ("a", "user") is never mistaken for
+    template text that happens to contain it. ``start`` is the position in ``text``; ``offset`` the
+    position of the same character in the concatenated contents. Raises ValueError if the template does
+    not copy the contents verbatim (it strips, escapes or reorders them): such a rendering cannot be
+    aligned on characters.
     """
-    segments, cursor, offset = [], 0, 0
-    for n, content in enumerate(contents):
-        if not content:
-            continue
-        at = text.find(content, cursor)
+    pieces, cursor, order = [], 0, []
+    while True:
+        at = marked.find("\ue000", cursor)
         if at < 0:
-            raise ValueError(
-                f"message {n} is not copied verbatim into the rendered text (the chat template changes it), so its "
-                "tokens cannot be aligned on characters"
-            )
-        segments.append((at, offset, len(content)))
-        cursor, offset = at + len(content), offset + len(content)
+            break
+        end = marked.find("\ue001", at)
+        if end < 0:
+            raise ValueError("a content marker is cut in the marked rendering")
+        pieces.append(marked[cursor:at])
+        order.append(int(marked[at + 1 : end]))
+        cursor = end + 1
+    pieces.append(marked[cursor:])
+    if order != list(range(len(contents))):
+        raise ValueError(
+            f"the template renders the messages as {order}, not each once in order: their tokens cannot be aligned "
+            "on characters"
+        )
+    segments, position, offset = [], 0, 0
+    for k, content in enumerate(contents):
+        position += len(pieces[k])
+        if content:
+            segments.append((position, offset, len(content)))
+        position += len(content)
+        offset += len(content)
+    rebuilt = "".join(p + c for p, c in zip(pieces, [*contents, ""]))
+    if rebuilt != text:
+        raise ValueError(
+            "the chat template does not copy message contents verbatim (it strips or rewrites them), so their tokens "
+            "cannot be aligned on characters"
+        )
     return segments
 
 
@@ -145,7 +171,8 @@ def layer_map(spec: str, student_layers: int, teacher_layers: int) -> dict[int, 
             mapping.setdefault(s - 1, []).append((t - 1, 1.0))
     elif kind == "uniform":
         for s in range(student_layers):
-            pos = (s + 1) * teacher_layers / student_layers - 1  # fractional 0-based teacher layer
+            # Fractional 0-based teacher layer; a student deeper than its teacher starts at teacher layer 0.
+            pos = max(0.0, (s + 1) * teacher_layers / student_layers - 1)
             lo = math.floor(pos + 1e-9)
             frac = pos - lo
             if frac < 1e-9 or lo + 1 >= teacher_layers:

@@ -6,6 +6,7 @@ right) and adds, for teacher ``i``:
     kv{i}_input_ids       (B, L_t)       the teacher's tokens (padded with its pad id, or 0)
     kv{i}_attention_mask  (B, L_t)
     kv{i}_overlap         (B, L_s, L_t)  characters shared by student token s and teacher token t
+    kv_tag                (B,)           index of the item's tag in ``tag_names`` (-1 none), when ``tags`` given
 
 With a ``store`` (``training.kv.store.TeacherKVStore``: K/V stored offline) it also adds each teacher's
 stored arrays as ``kv{i}_k.<layer>``, ``kv{i}_v.<layer>`` (``(B, L_t, H, d)``, float16), ``kv{i}_q.<layer>``
@@ -41,8 +42,13 @@ class KVCollator:
     conversations: Mapping[str, Sequence[dict[str, str]]] | None = None
     pad_ids: Sequence[int] = field(default_factory=list)
     store: Any = None  # training.kv.store.TeacherKVStore: every teacher's K/V read from it
+    tags: Mapping[str, str] | None = None  # item id -> tag (its domain or task), for domain routing and pictures
     key: str = "id"
     drop: tuple[str, ...] = ("messages",)
+
+    @property
+    def tag_names(self) -> list[str]:
+        return sorted(set(self.tags.values())) if self.tags else []
 
     def conversation(self, example: dict[str, Any]) -> Sequence[dict[str, str]]:
         if "messages" in example:
@@ -92,6 +98,9 @@ class KVCollator:
             batch[k_ids], batch[k_mask], batch[k_overlap] = ids, mask, overlap
             if self.store is not None:
                 batch.update(self._stored(i, examples, views, width))
+        if self.tags:
+            names = {t: n for n, t in enumerate(self.tag_names)}
+            batch["kv_tag"] = torch.tensor([names.get(self.tags.get(ex.get(self.key)), -1) for ex in examples])
         return batch
 
     def _stored(self, i: int, examples: list[dict[str, Any]], views: list[TokenView], width: int) -> dict[str, torch.Tensor]:

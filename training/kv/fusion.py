@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# What KDTrainer's kv_fusion offers. Hard routing by a domain tag (domain_weights) is a function only: the
-# trainer has no per-item tag column yet.
-KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce")
+# What KDTrainer's kv_fusion offers ("domain": hard routing by each item's tag, kv_teacher_domains).
+KV_FUSIONS = ("fixed", "similarity", "learnable", "mince", "avgce", "domain")
 ROUTERS = ("mlp", "gate", "attention")
 SIMILARITIES = ("cosine", "dot", "l2")
 PROTOTYPES = ("mean", "first", "kmeans")
@@ -123,13 +122,15 @@ def teacher_prototypes(states: torch.Tensor, mask: torch.Tensor, how: str, clust
     ``(1, D)``; ``kmeans``: ``clusters`` centroids of the valid tokens ``(clusters, D)`` (similarity is then
     the best centroid's).
     """
+    valid = mask.bool()
     if how == "mean":
-        return _pool(states, mask).mean(0, keepdim=True)
+        return states[valid].mean(0, keepdim=True)
     if how == "first":
-        first = mask.to(torch.long).argmax(1)
-        return states[torch.arange(states.shape[0]), first].mean(0, keepdim=True)
+        rows = valid.any(1)  # sequences with at least one valid token
+        first = valid.to(torch.long).argmax(1)
+        return states[torch.arange(states.shape[0], device=states.device)[rows], first[rows]].mean(0, keepdim=True)
     if how == "kmeans":
-        return kmeans(states[mask.bool()].detach(), clusters)
+        return kmeans(states[valid].detach(), clusters)
     raise ValueError(f"prototype must be one of {PROTOTYPES}, got {how!r}")
 
 

@@ -42,6 +42,7 @@ from training.kv.fusion import (
     SIMILARITIES,
     LearnedRouter,
     avgce_weights,
+    domain_weights,
     entropy_penalty,
     fixed_weights,
     mince_weights,
@@ -69,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "kv_manifest.json"
 ROPE_MODES = ("pre", "post_ntk")
+ROUTER_TARGETS = ("loss", "teacher_ce")
 
 
 @dataclass
@@ -93,11 +95,18 @@ class KVSettings:
     rope: str = "pre"
     ntk_scale: float = 1.0
     ce_temperature: float = 1.0
+    teacher_domains: list[str] | None = None
+    router_target: str = "loss"
+
+    @property
+    def needs_teacher_ce(self) -> bool:
+        return self.fusion in ("mince", "avgce") or (self.fusion == "learnable" and self.router_target == "teacher_ce")
 
     def __post_init__(self) -> None:
         choices = {
             "fusion": KV_FUSIONS, "router": ROUTERS, "granularity": ("token", "sequence"), "similarity": SIMILARITIES,
             "prototype": PROTOTYPES, "entropy": ENTROPY_MODES, "head_mixing": HEAD_MIXING, "rope": ROPE_MODES,
+            "router_target": ROUTER_TARGETS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -187,6 +196,10 @@ class KVDistillation(Objective):
         self.needs_hidden_states = self.router is not None
         self._metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []  # per call: the routing weight of each teacher (for the pictures)
+        self.tag_history: list[dict[str, dict[str, float]]] = []  # per call: the same per item tag
+        self.tag_names: list[str] = []  # the collator's tags, indexed by the batch's kv_tag
+        self.student_tokenizer: Any = None  # set by the trainer: token labels in the alignment picture
+        self._example: dict[str, Any] | None = None  # the first batch's first item, for the alignment picture
         self.phase: int | None = None
         self.active, self.settings = reachable[0]
         if self.schedule:
@@ -222,11 +235,14 @@ class KVDistillation(Objective):
     def _check_settings(settings: KVSettings, teachers: Sequence[KVTeacher], where: str = "") -> None:
         if settings.weights is not None and len(settings.weights) != len(teachers):
             raise ValueError(f"{where}kv_weights has {len(settings.weights)} entries for {len(teachers)} teachers")
-        if settings.fusion in ("mince", "avgce"):
+        if settings.fusion == "domain" and (settings.teacher_domains is None or len(settings.teacher_domains) != len(teachers)):
+            raise ValueError(f"{where}kv_fusion domain needs kv_teacher_domains, one entry per teacher ({len(teachers)})")
+        if settings.needs_teacher_ce:
             encoders = [t.spec for t in teachers if not t.causal_lm]
             if encoders:
+                what = settings.fusion if settings.fusion != "learnable" else "learnable with kv_router_target teacher_ce"
                 raise ValueError(
-                    f"{where}kv_fusion {settings.fusion} ranks teachers by their cross-entropy on the text, which "
+                    f"{where}kv_fusion {what} ranks teachers by their cross-entropy on the text, which "
                     f"{encoders} cannot give (an encoder, or a decoder loaded without its LM head); choose fixed, "
                     "similarity or learnable"
                 )
@@ -268,9 +284,44 @@ class KVDistillation(Objective):
         }
 
     def save_extra(self, output_dir: str) -> None:
-        from data.records import atomic_write_json
+        """The manifest (specs, tokenizer fingerprints, layer maps, adapter shapes) and the pictures."""
+        from pathlib import Path
 
-        atomic_write_json(os.path.join(output_dir, MANIFEST_FILE), self.manifest())
+        from data.records import atomic_write_json
+        from training.kv import plots
+
+        out = Path(output_dir)
+        atomic_write_json(out / MANIFEST_FILE, self.manifest())
+        plots.plot_routing(self.history, out / "kv_routing.png", window=max(1, len(self.history) // 50))
+        plots.plot_routing_by_tag(self.tag_history, out / "kv_routing_by_tag.png")
+        plots.plot_layer_maps(self.layer_maps, self.teacher_names, self.layout.num_layers,
+                              [t.layout.num_layers for t in self.teachers], out / "kv_layer_map.png")
+        plots.plot_alignments(self._alignment_examples(), out / "kv_alignment.png")
+
+    def _remember_example(self, inputs: ObjectiveInputs) -> None:
+        if self._example is not None or inputs.input_ids is None:
+            return
+        n = int(inputs.attention_mask[0].sum())
+        example = {"student_ids": inputs.input_ids[0, :n].tolist(), "teachers": {}}
+        for i in self.active:
+            ids, mask, overlap = (inputs.extras[k] for k in teacher_keys(i))
+            m = int(mask[0].sum())
+            example["teachers"][i] = (ids[0, :m].tolist(), row_normalize(overlap[0, :n, :m].float()).cpu().numpy())
+        self._example = example
+
+    def _alignment_examples(self) -> list[dict[str, Any]]:
+        if self._example is None:
+            return []
+
+        def tokens(tokenizer, ids):
+            return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
+
+        student = tokens(self.student_tokenizer, self._example["student_ids"])
+        return [
+            {"name": self.teacher_names[i], "student_tokens": student,
+             "teacher_tokens": tokens(self.teachers[i].tokenizer, ids), "matrix": matrix}
+            for i, (ids, matrix) in self._example["teachers"].items()
+        ]
 
     # ----------------------------------------------------------------------------------------- compute
 
@@ -343,6 +394,7 @@ class KVDistillation(Objective):
             raise RuntimeError("KV distillation saw no student keys: the student forward ran outside recording()")
         mask_s = inputs.attention_mask.bool()  # (B, L_s)
         batch = mask_s.shape[0]
+        self._remember_example(inputs)
         student_attn = {}
         if weights.gamma:
             any_k = next(iter(capture.keys.values()))
@@ -354,7 +406,7 @@ class KVDistillation(Objective):
         losses, covers, metrics, targets_for_routing, teacher_ce = [], [], {}, [], []
         for i in self.active:
             teacher = self.teachers[i]
-            states = self._teacher_states(i, inputs.extras, need_nll=s.fusion in ("mince", "avgce"), need_rotary=bool(weights.gamma))
+            states = self._teacher_states(i, inputs.extras, need_nll=s.needs_teacher_ce, need_rotary=bool(weights.gamma))
             t_mask = states["mask"]
             overlap = inputs.extras[teacher_keys(i)[2]].to(mask_s.device)  # (B, L_s, L_t)
             a = row_normalize(overlap)
@@ -401,9 +453,22 @@ class KVDistillation(Objective):
             targets_for_routing.append(target_top)
             for key, value in parts_sum.items():
                 metrics[f"{key}/{self.teacher_names[i]}"] = value / len(per_layer)
-            if s.fusion in ("mince", "avgce"):
+            if s.needs_teacher_ce:
                 teacher_ce.append(self._teacher_ce_per_char(states["nll"], overlap).to(mask_s.device))
         routed = self._route(inputs, mask_s, batch, targets_for_routing, covers, teacher_ce)  # (B, L_s, T) or (B, T)
+        router_loss = None
+        if self.router is not None and s.router_target == "teacher_ce":
+            # The router learns which teacher knows each sequence (softmax(-CE per character / T)) instead of
+            # following the fused KV loss, which pulls it onto whichever teacher is easiest to match.
+            target = avgce_weights(torch.stack(teacher_ce, dim=-1), s.ce_temperature)  # (B, T)
+            log_w = torch.log(routed.clamp(min=1e-12))
+            if routed.dim() == 3:
+                kl = (target[:, None] * (torch.log(target.clamp(min=1e-12))[:, None] - log_w)).sum(-1)  # (B, L_s)
+                router_loss = (kl * mask_s).sum() / mask_s.sum().clamp(min=1)
+            else:
+                router_loss = (target * (torch.log(target.clamp(min=1e-12)) - log_w)).sum(-1).mean()
+            metrics["router_kl"] = float(router_loss.detach())
+            routed = routed.detach()
         per_token = routed if routed.dim() == 3 else routed[:, None, :].expand(-1, mask_s.shape[1], -1)
         cover = torch.stack(covers, dim=-1).to(per_token.dtype)  # (B, L_s, T)
         covered = per_token * cover
@@ -411,7 +476,9 @@ class KVDistillation(Objective):
         fused_weights = torch.where(total > 0, covered / total.clamp(min=1e-30), torch.zeros_like(covered))
         valid = (total.squeeze(-1) > 0) & mask_s
         loss = fuse_teacher_losses(torch.stack(losses), fused_weights, valid)
-        if self.router is not None and s.entropy_weight and s.entropy != "none":
+        if router_loss is not None:
+            loss = loss + router_loss
+        elif self.router is not None and s.entropy_weight and s.entropy != "none":
             penalty = entropy_penalty(routed, mask_s, s.entropy)
             metrics["entropy_penalty"] = float(penalty.detach())
             loss = loss + s.entropy_weight * penalty
@@ -423,12 +490,39 @@ class KVDistillation(Objective):
         for name, value in record.items():
             metrics[f"weight/{name}"] = value
         self.history.append(record)
+        self.tag_history.append(self._weights_by_tag(inputs.extras.get("kv_tag"), fused_weights, valid))
+        self.last_weights, self.last_valid = fused_weights.detach(), valid
         self._metrics = metrics
         return loss
+
+    def _weights_by_tag(self, tags, fused_weights, valid) -> dict[str, dict[str, float]]:
+        """Mean routing weight per teacher over the valid tokens of each tag's items in this batch."""
+        if tags is None or not self.tag_names:
+            return {}
+        out = {}
+        fused_weights = fused_weights.detach()
+        m = valid.to(fused_weights.dtype)[..., None]
+        for index in tags.unique().tolist():
+            if index < 0:
+                continue
+            rows = (tags == index).to(fused_weights.device)
+            mean = (fused_weights[rows] * m[rows]).sum((0, 1)) / m[rows].sum().clamp(min=1.0)
+            record = {name: 0.0 for name in self.teacher_names}
+            for j, i in enumerate(self.active):
+                record[self.teacher_names[i]] = float(mean[j])
+            out[self.tag_names[index]] = record
+        return out
 
     def _route(self, inputs, mask_s, batch, targets, covers, teacher_ce) -> torch.Tensor:
         s = self.settings
         device = mask_s.device
+        if s.fusion == "domain":
+            tags = inputs.extras.get("kv_tag")
+            if tags is None:
+                raise ValueError("kv_fusion domain needs each item's tag in the batch (KDTrainer kv_tags)")
+            names = [self.tag_names[t] if t >= 0 else None for t in tags.tolist()]
+            domains = [s.teacher_domains[i].split("|") for i in self.active]
+            return domain_weights(names, domains, device=device)
         if s.fusion == "fixed":
             return fixed_weights(s.weights or [1.0] * len(self.active), batch, device=device)
         if s.fusion == "mince":

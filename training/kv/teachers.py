@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from training.kv.align import Span, content_spans, render_segments
+from training.kv.align import Span, content_marker, content_spans, render_segments
 from training.kv.errors import KVSetupError
 from training.kv.models import AttentionLayout, attention_layout, rope_theta
 
@@ -68,6 +68,9 @@ def token_view(
 ) -> TokenView:
     """Tokenize ``conversation`` the model's way and locate every token in content coordinates."""
     text, special = render_for(tokenizer, conversation, chat=chat)
+    marked_conversation = [{**m, "content": content_marker(k)} for k, m in enumerate(conversation)]
+    marked, _ = render_for(tokenizer, marked_conversation, chat=chat)
+    segments = render_segments(text, _contents(conversation), marked)
     enc = tokenizer(
         text,
         add_special_tokens=special,
@@ -75,7 +78,6 @@ def token_view(
         truncation=max_length is not None,
         max_length=max_length,
     )
-    segments = render_segments(text, _contents(conversation))
     return TokenView(list(enc["input_ids"]), content_spans(enc["offset_mapping"], segments), text)
 
 

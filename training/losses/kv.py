@@ -29,7 +29,8 @@ def normalized_mse_per_token(student: torch.Tensor, target: torch.Tensor, mask: 
     """``mean_{h,d} (s - t)^2 / mean_{valid tokens, h, d} t^2`` per token ``(B, L)``; inputs ``(B, L, H, d)``."""
     sq = (student - target).pow(2).flatten(2).mean(-1)  # (B, L)
     scale = _masked_mean(target.pow(2).flatten(2).mean(-1), mask)
-    return sq / scale.clamp(min=torch.finfo(sq.dtype).tiny)
+    # No valid token, or a target of zeros: nothing to normalise by; 1 keeps the (masked-out) values finite.
+    return sq / torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def cosine_distance_per_token(student: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -137,5 +138,8 @@ def fuse_teacher_losses(losses: torch.Tensor, weights: torch.Tensor, mask: torch
     """
     if weights.dim() == 2:
         weights = weights[:, None, :].expand(-1, losses.shape[-1], -1)
-    fused = (losses.permute(1, 2, 0) * weights.to(losses.dtype)).sum(-1)  # (B, L)
+    weights = weights.to(losses.dtype)
+    per_teacher = losses.permute(1, 2, 0)  # (B, L, T)
+    # A teacher at weight 0 contributes nothing, even where its loss is not finite (a token it does not cover).
+    fused = torch.where(weights > 0, per_teacher * weights, torch.zeros_like(per_teacher)).sum(-1)  # (B, L)
     return _masked_mean(fused, mask)
