@@ -52,6 +52,11 @@ class LoopConfig:
     learning_rate: float = field(default=5e-5, metadata={"help": "Student learning rate."})
     train_batch_size: int = field(default=8, metadata={"help": "Training examples per optimizer step."})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of the full student."})
+    kv_teachers: str = field(default="", metadata={"help": "KV-cache teachers of the train stage, comma-separated model specs (e.g. smollm2,minilm): their keys/values are distilled into the student beside the stored logits (training.kv). --teacher stays the data generator. Off when empty."})
+    kv_fusion: str = field(default="fixed", metadata={"help": "How the KV teachers are combined: fixed, similarity, learnable, mince, avgce, domain (each item to the teacher owning its source, --kv-teacher-domains)."})
+    kv_teacher_domains: str = field(default="", metadata={"help": "kv_fusion domain: the item sources each KV teacher owns, teachers separated by commas, sources by | (e.g. medmcqa|medqa,mmlu)."})
+    kv_phase: int = field(default=0, metadata={"help": "Curriculum phase of the KV distillation (1-5, training/kv/recipes/curriculum.yaml); 0 = none, kv_fusion applies."})
+    kv_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the KV objective in the training loss."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffles and training."})
     config: str = field(default="", metadata={"help": "YAML file with any of these options (command-line values win)."})
 
@@ -77,10 +82,20 @@ class LoopConfig:
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
             (self.allocation in ("weakness", "uniform"), "allocation must be weakness or uniform"),
             (self.acceptance in ("both", "solver", "critic"), "acceptance must be both, solver or critic"),
+            (self.kv_phase >= 0, "kv_phase must be >= 0 (0 = no curriculum phase)"),
+            (self.kv_loss_weight >= 0, "kv_loss_weight must be >= 0"),
+            (not (self.kv_phase and not self.kv_teachers), "kv_phase needs kv_teachers"),
+            (self.kv_fusion in ("fixed", "similarity", "learnable", "mince", "avgce", "domain"), "kv_fusion must be one of fixed, similarity, learnable, mince, avgce, domain"),
+            (not self.kv_teacher_domains or len(self.kv_teacher_domains.split(",")) == len(self.kv_teacher_specs), "kv_teacher_domains needs one entry per KV teacher"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def kv_teacher_specs(self) -> list[str]:
+        """The comma-separated --kv-teachers specs (empty: no KV distillation)."""
+        return [spec.strip() for spec in self.kv_teachers.split(",") if spec.strip()]
 
     @property
     def solver_specs(self) -> list[str]:

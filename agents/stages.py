@@ -263,8 +263,21 @@ def _local_path(spec: str) -> Path:
 def train_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     c = ctx.config
     values = {k: getattr(c, k) for k in ("alpha", "temperature", "train_epochs", "learning_rate", "train_batch_size", "lora", "seed", "teacher")}
+    if c.kv_teacher_specs:  # only then: runs without KV teachers keep their fingerprints
+        values.update({k: getattr(c, k) for k in ("kv_teachers", "kv_fusion", "kv_teacher_domains", "kv_phase", "kv_loss_weight")})
     values["student"] = state["student"]
     return values, [ctx.run.stage(state["iteration"], "label"), *_model_inputs(state["student"])]
+
+
+def train_kv_options(c: Any) -> dict[str, Any]:
+    """The KDConfig kv_* fields of the loop's options (none without --kv-teachers)."""
+    if not c.kv_teacher_specs:
+        return {}
+    options = {"kv_teachers": c.kv_teacher_specs, "kv_fusion": c.kv_fusion, "kv_loss_weight": c.kv_loss_weight,
+               "kv_teacher_domains": c.kv_teacher_domains.split(",") if c.kv_teacher_domains else None}
+    if c.kv_phase:
+        options["kv_phase"] = c.kv_phase
+    return options
 
 
 def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
@@ -285,6 +298,7 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         seed=c.seed + it,
         top_k=c.top_k,
         lora=c.lora,
+        **train_kv_options(c),
     )
     metrics = distill(_local_path(state["student"]), items, out, config, logits_dir=labels)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -97,6 +97,28 @@ def _peak_mib(device: str) -> float:
     return _rss_mib("VmHWM")
 
 
+def measure_steps(step, device: str, steps: int) -> tuple[Any, list[float], float, float]:
+    """A warm-up call of ``step`` then ``steps`` timed ones: ``(first result, seconds each, peak MiB, MiB before)``.
+
+    Peak memory covers the warm-up and the timed steps: CUDA max allocated, or the process's VmHWM on CPU.
+    """
+    import torch
+
+    rss_before = _rss_mib("VmRSS") if device == "cpu" else torch.cuda.memory_allocated() / 2**20
+    _reset_peak(device)
+    first = step()  # warm-up: allocates optimizer state, compiles kernels
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return first, times, _peak_mib(device), rss_before
+
+
 class Breakdown:
     """Wall-clock time per part of one step, synchronised at every boundary (used for one extra step only)."""
 
@@ -277,19 +299,7 @@ def run_variant(args) -> dict[str, Any]:
             parts.stop("optimizer")
             return loss.item()
 
-    rss_before = _rss_mib("VmRSS") if device == "cpu" else torch.cuda.memory_allocated() / 2**20
-    _reset_peak(device)
-    first_loss = step()  # warm-up: allocates optimizer state, compiles kernels
-    times = []
-    for _ in range(args.steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = _peak_mib(device)
+    first_loss, times, peak, rss_before = measure_steps(step, device, args.steps)
     parts.on = True  # one more step, timed part by part (the synchronisation would disturb the median)
     parts.start("step")
     step()

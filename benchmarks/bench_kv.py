@@ -24,12 +24,12 @@ peak-memory overhead. Rows go to benchmarks/results/kv.csv.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def run_variant(args) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from benchmarks.bench_kd import _configs, _peak_mib, _reset_peak, _rss_mib
+    from benchmarks.bench_kd import _configs, measure_steps
     from engines.smollm2 import converted_path
     from training import KDConfig, KDTrainer
     from training.mcq_data import mcq_conversation, read_training_items, tokenize_item
@@ -105,6 +105,7 @@ def run_variant(args) -> dict[str, Any]:
         stats = extract_teacher_kv(teachers, list(conversations.items()), layers, work / "kv", progress=False)
         kv = {"kv_dir": str(work / "kv")}
         del teachers
+        gc.collect()  # the stored run keeps no teacher: free them before its memory is measured
         teachers = None
     elif n_teachers:
         kv = {"kv_beta": 0.5}
@@ -128,20 +129,9 @@ def run_variant(args) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    rss_before = _rss_mib("VmRSS") if device == "cpu" else torch.cuda.memory_allocated() / 2**20
-    _reset_peak(device)
-    first = step()
-    times = []
-    for _ in range(args.steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    first, times, peak, rss_before = measure_steps(step, device, args.steps)
     out = {"variant": variant, "teachers": n_teachers, "step_ms": statistics.median(times) * 1000,
-           "peak_mib": _peak_mib(device), "step_mib": _peak_mib(device) - rss_before, "first_loss": first,
+           "peak_mib": peak, "step_mib": peak - rss_before, "first_loss": first,
            "batch": args.batch, "seq_len": int(batch["input_ids"].shape[1])}
     if variant == "kv2_stored":
         out["stored_bytes_per_token"] = stats["bytes_per_token"]

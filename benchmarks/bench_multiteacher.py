@@ -5,7 +5,7 @@ from, the teacher that knows the task?
     python benchmarks/bench_multiteacher.py --seeds 0 1 --methods ce fixed learned --student-steps 150
 
 Two tasks with a known answer: ``reverse`` (space-separated letters, reversed) and ``sort`` (a run of
-digits, sorted). Two teachers with different tokenizers and shapes are each trained to competence on one
+digits, sorted); the teachers learn strings of 3 to 6, the student's items have 3 to --max-len. Two teachers with different tokenizers and shapes are each trained to competence on one
 task only: a character-level decoder (its own WordLevel tokenizer, no chat template; 3 layers, 4 K/V
 heads) for ``reverse`` and a SmolLM2-tokenizer decoder (its chat template; 2 layers, 2 K/V heads) for
 ``sort``. A student (SmolLM2 tokenizer, 2 layers) sees a small mixed training set of both tasks. For each
@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-examples", type=int, default=128, help="student training examples per task (default 128)")
     parser.add_argument("--student-steps", type=int, default=300, help="optimizer steps per student run (default 300)")
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out examples per task (default 200)")
+    parser.add_argument("--max-len", type=int, default=4,
+                        help="longest string of the student's training and held-out items, 3..6 (default 4; the teachers "
+                        "learn 3..6)")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
     parser.add_argument("--teacher-lr", type=float, default=3e-3, help="(default 3e-3)")
     parser.add_argument("--student-lr", type=float, default=3e-3, help="(default 3e-3)")
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_multiteacher."))
     work.mkdir(parents=True, exist_ok=True)
     data_rng = random.Random(1234)
-    eval_set = make_examples("reverse", args.eval_examples, data_rng) + make_examples("sort", args.eval_examples, data_rng)
+    hi = args.max_len
+    eval_set = make_examples("reverse", args.eval_examples, data_rng, hi=hi) + make_examples("sort", args.eval_examples, data_rng, hi=hi)
     smol_tok = AutoTokenizer.from_pretrained(converted_path())
 
     # --- teachers, each competent on one task (trained once; reused from --work when present)
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- students
     student_rng = random.Random(99)
-    train_set = make_examples("reverse", args.student_examples, student_rng) + make_examples("sort", args.student_examples, student_rng)
+    train_set = (make_examples("reverse", args.student_examples, student_rng, hi=hi)
+                 + make_examples("sort", args.student_examples, student_rng, hi=hi))
     rows = chat_rows(train_set, smol_tok)
     conversations = {ex["id"]: ex["messages"] for ex in train_set}
     tags = {ex["id"]: ex["task"] for ex in train_set}

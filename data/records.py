@@ -155,6 +155,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def read_index(file: Path, fmt: str, what: str) -> dict[str, Any]:
+    """A JSON index written last as a folder's commit point, checked for its ``format``; DataError names the file."""
+    if not file.is_file():
+        raise DataError(f"{file}: not found; {file.parent} holds no {what}")
+    try:
+        index = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: not valid JSON ({e.msg})") from None
+    if not isinstance(index, dict) or index.get("format") != fmt:
+        raise DataError(f"{file}: not an index of {what} (expected format {fmt!r})")
+    return index
+
+
 def _to_dict(row: BaseModel | dict) -> dict:
     return row.model_dump(mode="json", exclude_none=True) if isinstance(row, BaseModel) else row
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-from engines.smollm2 import ModelNotFoundError, _file_lock, cache_root
+from engines.smollm2 import ModelNotFoundError, _file_lock, build_folder, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +47,13 @@ def minilm_path() -> Path:
         if _is_complete(target):
             return target
         logger.info("unpacking %s into %s (once)", archive, target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+
+        def fill(tmp: Path) -> None:
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.namelist():  # refuse paths that would leave the folder
                     if member.startswith("/") or ".." in Path(member).parts:
                         raise ModelNotFoundError(f"{archive}: unsafe path {member!r} in the archive")
                 zf.extractall(tmp)
-            tmp.chmod(0o755)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        build_folder(target, fill)
     return target

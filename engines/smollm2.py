@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -99,20 +99,31 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     _save_atomically(model, tokenizer, target)
 
 
-def _save_atomically(model, tokenizer, target: Path) -> None:
-    """Save into a temporary sibling folder, then rename it into place."""
+def build_folder(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Make ``target`` by ``fill(tmp)`` on a temporary sibling folder renamed into place: a killed build never
+    leaves a half folder that looks complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes 0700; the finished folder is read by other users and servers
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return target
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    """Save into a temporary sibling folder, then rename it into place."""
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    build_folder(target, fill)
 
 
 def layer_indices(total: int, keep: int) -> list[int]:

@@ -118,6 +118,9 @@ def test_training_runs_logs_components_and_saves_manifest(tmp_path, kv_models, k
     assert manifest["teachers"][1]["layout"]["kind"] == "encoder"
     assert manifest["teachers"][0]["layer_map"] and len(manifest["teachers"][0]["tokenizer_fingerprint"]) == 16
     assert manifest["settings"]["fusion"] == "learnable"
+    for picture in ("kv_routing.png", "kv_layer_map.png", "kv_alignment.png"):
+        assert (out / picture).stat().st_size > 1000, picture
+    assert len(trainer.objectives[0].history) == 3  # one record per micro-batch, each teacher's weight
 
     # Adapters and router come back from objectives.safetensors and give the same loss.
     batch = _first_batch(trainer)
@@ -211,15 +214,36 @@ def test_fixed_one_zero_equals_the_first_teacher_alone(tmp_path, kv_models, kv_i
         assert torch.equal(grads_one[name], grads_two[name]), name
 
 
-@pytest.mark.parametrize("fusion", ["similarity", "mince", "avgce"])
-def test_router_free_fusions_run(tmp_path, kv_models, kv_items, fusion):
+@pytest.mark.parametrize("fusion", ["similarity", "mince", "avgce", "domain", "teacher_ce"])
+def test_other_fusions_run(tmp_path, kv_models, kv_items, fusion):
     teachers = ["decoder", "decoder"] if fusion != "similarity" else ["decoder", "encoder"]
-    trainer = _trainer(tmp_path, kv_models, kv_items, teachers, kv_fusion=fusion, max_steps=1)
+    extra = {}
+    if fusion == "domain":
+        extra = {"kv_teacher_domains": ["medmcqa|medqa", "mmlu"]}
+    if fusion == "teacher_ce":
+        fusion, extra = "learnable", {"kv_router_target": "teacher_ce"}
+    from transformers import AutoTokenizer
+
+    from training import KDTrainer, build_dataset
+
+    tok = AutoTokenizer.from_pretrained(kv_models["student"])
+    config = _config(tmp_path, kv_teachers=[str(kv_models[t]) for t in teachers], kv_fusion=fusion, max_steps=1, **extra)
+    trainer = KDTrainer(str(kv_models["student"]), args=config, train_dataset=build_dataset(kv_items, tok),
+                        processing_class=tok, kv_conversations=_conversations(kv_items),
+                        kv_tags={i.id: i.source for i in kv_items})
     trainer.train()
     logged = trainer.state.log_history[0]
     weights = [v for k, v in logged.items() if k.startswith("kv_weight/")]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=1e-4)
     assert math.isfinite(logged["kv_loss"])
+    objective = trainer.objectives[0]
+    if fusion == "domain":  # each item's weight sits on the teacher owning its source
+        for tag, weights in objective.tag_history[0].items():
+            owner = 1 if tag == "mmlu" else 0 if tag in ("medmcqa", "medqa") else None
+            if owner is not None:
+                assert weights[objective.teacher_names[owner]] == pytest.approx(1.0)
+    if extra.get("kv_router_target"):
+        assert math.isfinite(logged["kv_router_kl"]) and "kv_entropy_penalty" not in logged
 
 
 def test_refusals_before_the_first_step(tmp_path, kv_models, kv_items):
@@ -272,3 +296,68 @@ def test_schedule_switches_phase_by_step(tmp_path, kv_models, kv_items, caplog):
     history = trainer.objectives[0].history
     assert history[0]["encoder"] == 0.0 and history[0]["decoder"] == pytest.approx(0.5)  # phase 1: two decoders
     assert history[-1]["encoder"] > 0.0  # phase 5 brings the encoder in
+
+
+def test_post_rope_with_equal_bases_equals_pre_rope(tmp_path, kv_models, kv_items):
+    """Rotation by the same angles keeps distances and cosines: post-RoPE comparison changes nothing then,
+    and only a different (NTK-scaled) base moves the loss."""
+    pre = _trainer(tmp_path / "pre", kv_models, kv_items, ["decoder"], kv_beta=0.5)
+    post = _trainer(tmp_path / "post", kv_models, kv_items, ["decoder"], kv_beta=0.5, kv_rope="post_ntk")
+    ntk = _trainer(tmp_path / "ntk", kv_models, kv_items, ["decoder"], kv_beta=0.5, kv_rope="post_ntk", kv_ntk_scale=4.0)
+    for other in (post, ntk):
+        other.model.load_state_dict(pre.model.state_dict())
+        other.objectives.load_state_dict(pre.objectives.state_dict())
+    batch = _first_batch(pre)
+    with torch.no_grad():
+        losses = [t.compute_loss(t.model, dict(batch)) for t in (pre, post, ntk)]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert (losses[2] - losses[0]).abs() > 1e-3  # other angles for the target: another loss
+
+
+def test_distill_cli_kv_flags(tmp_path, kv_models, kv_items, capsys):
+    """The issue's spelling of the flags parses; the summary has the KV figures; a refusal is one line, exit 2."""
+    from data.records import write_jsonl
+    from training.distill import main, make_parser
+
+    _, config = make_parser().parse_args_and_config(
+        ["--student", "s", "--data", "d", "--kv-teachers", "a,b", "--fusion", "learnable", "--router", "attention",
+         "--phase", "4"]
+    )
+    assert (config.kv_teachers, config.kv_fusion, config.kv_router, config.kv_phase) == (["a", "b"], "learnable", "attention", 4)
+
+    data = tmp_path / "items.jsonl"
+    write_jsonl(data, kv_items)
+    out = tmp_path / "student"
+    teachers = f"{kv_models['decoder']},{kv_models['encoder']}"
+    code = main(["--student", str(kv_models["student"]), "--data", str(data), "--kv-teachers", teachers, "--phase", "5",
+                 "--alpha", "0", "--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none",
+                 "--output_dir", str(out), "--disable_tqdm", "true"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed[printed.rindex('{\n  "steps"') :])
+    assert metrics["mode"] == "sft+kv" and metrics["steps"] == 2
+    assert {"kv_loss", "kv_weight/decoder", "kv_weight/encoder", "kv_mse_k/encoder"} <= set(metrics)
+    assert (out / "kv_manifest.json").is_file() and (out / "kv_routing_by_tag.png").is_file()
+
+    code = main(["--student", str(kv_models["student"]), "--data", str(data), "--kv-teachers", str(kv_models["encoder"]),
+                 "--kv_head_mixing", "group", "--output_dir", str(tmp_path / "refused"), "--report_to", "none"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars: one line
+    assert code == 2 and last.startswith("error: ") and "neither divides" in last
+    assert not (tmp_path / "refused").exists()
+
+
+def test_teacher_without_fast_tokenizer_is_refused(monkeypatch, kv_models):
+    from transformers import AutoTokenizer
+
+    from training.kv.teachers import TeacherError, load_kv_teacher
+
+    real = AutoTokenizer.from_pretrained
+
+    def slow(*args, **kwargs):
+        tok = real(*args, **kwargs)
+        monkeypatch.setattr(type(tok), "is_fast", property(lambda self: False))
+        return tok
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", slow)
+    with pytest.raises(TeacherError, match="no fast tokenizer"):
+        load_kv_teacher(str(kv_models["decoder"]))

@@ -92,3 +92,25 @@ def test_graph_shape_snapshot():
     if os.environ.get("ATKD_UPDATE_SNAPSHOTS"):  # regenerate deliberately, then review the diff
         snapshot.write_text(mermaid)
     assert mermaid == snapshot.read_text(), "graph topology changed; if intended, rerun with ATKD_UPDATE_SNAPSHOTS=1"
+
+
+def test_kv_teachers_reach_the_train_stage(tmp_path):
+    from agents.stages import train_kv_options
+
+    config, _ = parse_config(["--kv-teachers", "smollm2, minilm", "--kv-phase", "5", "--kv-loss-weight", "0.5"])
+    assert train_kv_options(config) == {
+        "kv_teachers": ["smollm2", "minilm"], "kv_fusion": "fixed", "kv_loss_weight": 0.5, "kv_teacher_domains": None,
+        "kv_phase": 5,
+    }
+    config, _ = parse_config(["--kv-teachers", "a,b", "--kv-fusion", "domain", "--kv-teacher-domains", "medmcqa|medqa,mmlu"])
+    assert train_kv_options(config)["kv_teacher_domains"] == ["medmcqa|medqa", "mmlu"]
+    from training import KDConfig
+
+    # What the loop hands over is a valid KDConfig (checked there too).
+    KDConfig(output_dir=str(tmp_path), **train_kv_options(config))
+    assert train_kv_options(parse_config([])[0]) == {}
+    for args, message in [(["--kv-phase", "4"], "kv_phase needs kv_teachers"),
+                          (["--kv-teachers", "a", "--kv-fusion", "vote"], "kv_fusion must be one of"),
+                          (["--kv-teachers", "a", "--kv-teacher-domains", "x,y"], "one entry per KV teacher")]:
+        p = run_loop(*args, cwd=tmp_path)
+        assert p.returncode == 2 and message in p.stderr

@@ -325,7 +325,7 @@ class KDConfig(SFTConfig):
 
     def kv_settings(self) -> Any:
         """The ``training.kv.KVSettings`` of the ``kv_*`` fields."""
-        from training.kv.objective import KVSettings
+        from training.kv.settings import KVSettings
 
         return KVSettings.from_config(self)
 

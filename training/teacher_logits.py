@@ -25,7 +25,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.records import DataError, MCQItem, atomic_write_bytes, atomic_write_json
+from data.records import (
+    DataError,
+    MCQItem,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_index,
+)
 from training.mcq_data import tokenize_items
 
 logger = logging.getLogger(__name__)
@@ -192,15 +198,7 @@ class TeacherLogits:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        index_file = self.path / INDEX
-        if not index_file.is_file():
-            raise DataError(f"{index_file}: not found; {self.path} holds no stored teacher logits")
-        try:
-            index = json.loads(index_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{index_file}: not valid JSON ({e.msg})") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise DataError(f"{index_file}: not a teacher-logits index (expected format {FORMAT!r})")
+        index = read_index(self.path / INDEX, FORMAT, "stored teacher logits")
         self.k: int = index["k"]
         self.vocab_size: int = index["vocab_size"]
         self.tokenizer_name: str = index["tokenizer"]

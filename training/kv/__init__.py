@@ -18,7 +18,7 @@ _EXPORTS = {
     "KVAdapter": "training.kv.adapters",
     "KVCollator": "training.kv.collator",
     "KVDistillation": "training.kv.objective",
-    "KVSettings": "training.kv.objective",
+    "KVSettings": "training.kv.settings",
     "KVTeacher": "training.kv.teachers",
     "LearnedRouter": "training.kv.fusion",
     "alignment_matrix": "training.kv.align",

@@ -155,6 +155,23 @@ def rotary_cos_sin_of(model: nn.Module, like: torch.Tensor, length: int) -> tupl
     return rotary(like, positions)
 
 
+def run_captured(model: nn.Module, kind: str, capture: KVCapture, ids: torch.Tensor, mask: torch.Tensor,
+                 need_nll: bool) -> torch.Tensor | None:
+    """One forward of a frozen model with ``capture`` recording; the token NLL ``(B, L)`` when asked.
+
+    ``need_nll`` runs the causal LM with its head (``nll[:, 0]`` is 0: the first token has no context);
+    otherwise only the backbone runs, since the keys and values are all that is read.
+    """
+    runner = model if need_nll else backbone(model)
+    kwargs = {"use_cache": False} if kind == "decoder" else {}
+    with capture.recording():
+        out = runner(input_ids=ids, attention_mask=mask, **kwargs)
+    if not need_nll:
+        return None
+    logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+    return torch.cat([torch.zeros_like(logp[:, :1, 0]), -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)], dim=1)
+
+
 def attention_probs(
     queries: torch.Tensor,
     keys: torch.Tensor,

@@ -15,14 +15,13 @@ weight per teacher (``kv_weight/<teacher>``) and the entropy penalty.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from training.kv.adapters import HEAD_MIXING, AdapterShapeError, KVAdapter
+from training.kv.adapters import AdapterShapeError, KVAdapter
 from training.kv.align import (
     apply_rotary,
     ntk_scaled_base,
@@ -35,11 +34,6 @@ from training.kv.align import layer_map as make_layer_map
 from training.kv.collator import teacher_keys
 from training.kv.curriculum import Phase, apply_phase
 from training.kv.fusion import (
-    ENTROPY_MODES,
-    KV_FUSIONS,
-    PROTOTYPES,
-    ROUTERS,
-    SIMILARITIES,
     LearnedRouter,
     avgce_weights,
     domain_weights,
@@ -53,13 +47,13 @@ from training.kv.models import (
     KVCapture,
     attention_layout,
     attention_probs,
-    backbone,
     rope_theta,
     rotary_cos_sin_of,
+    run_captured,
 )
+from training.kv.settings import KVSettings
 from training.kv.teachers import KVTeacher, teacher_names
 from training.losses.kv import (
-    KVLossWeights,
     fuse_teacher_losses,
     kv_token_loss,
     map_attention,
@@ -69,66 +63,6 @@ from training.objectives import Objective, ObjectiveInputs
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "kv_manifest.json"
-ROPE_MODES = ("pre", "post_ntk")
-ROUTER_TARGETS = ("loss", "teacher_ce")
-
-
-@dataclass
-class KVSettings:
-    """What ``KVDistillation`` does; ``KDConfig``'s ``kv_*`` fields fill it (``KVSettings.from_config``)."""
-
-    layer_map: str = "ratio"
-    lambda_k: float = 1.0
-    lambda_v: float = 1.0
-    beta: float = 0.0
-    gamma: float = 0.0
-    fusion: str = "fixed"
-    weights: list[float] | None = None
-    router: str = "mlp"
-    granularity: str = "token"
-    similarity: str = "cosine"
-    prototype: str = "mean"
-    tau: float = 0.1
-    entropy: str = "diverse"
-    entropy_weight: float = 0.01
-    head_mixing: str = "auto"
-    rope: str = "pre"
-    ntk_scale: float = 1.0
-    ce_temperature: float = 1.0
-    teacher_domains: list[str] | None = None
-    router_target: str = "loss"
-
-    @property
-    def needs_teacher_ce(self) -> bool:
-        return self.fusion in ("mince", "avgce") or (self.fusion == "learnable" and self.router_target == "teacher_ce")
-
-    def __post_init__(self) -> None:
-        choices = {
-            "fusion": KV_FUSIONS, "router": ROUTERS, "granularity": ("token", "sequence"), "similarity": SIMILARITIES,
-            "prototype": PROTOTYPES, "entropy": ENTROPY_MODES, "head_mixing": HEAD_MIXING, "rope": ROPE_MODES,
-            "router_target": ROUTER_TARGETS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"kv_{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        KVLossWeights(self.lambda_k, self.lambda_v, self.beta, self.gamma)  # range checks
-        if self.tau <= 0 or self.ntk_scale <= 0 or self.ce_temperature <= 0:
-            raise ValueError("kv_tau, kv_ntk_scale and kv_ce_temperature must be > 0")
-        if self.entropy_weight < 0:
-            raise ValueError(f"kv_entropy_weight must be >= 0, got {self.entropy_weight}")
-        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
-            raise ValueError(f"kv_weights must be >= 0 and not all 0, got {self.weights}")
-
-    @property
-    def loss_weights(self) -> KVLossWeights:
-        return KVLossWeights(self.lambda_k, self.lambda_v, self.beta, self.gamma)
-
-    @classmethod
-    def from_config(cls, config: Any) -> KVSettings:
-        names = [f for f in cls.__dataclass_fields__]
-        return cls(**{n: getattr(config, f"kv_{n}") for n in names if hasattr(config, f"kv_{n}")})
-
-
 
 
 class KVDistillation(Objective):
@@ -310,18 +244,13 @@ class KVDistillation(Objective):
         self._example = example
 
     def _alignment_examples(self) -> list[dict[str, Any]]:
+        from training.kv.plots import alignment_panels
+
         if self._example is None:
             return []
-
-        def tokens(tokenizer, ids):
-            return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
-
-        student = tokens(self.student_tokenizer, self._example["student_ids"])
-        return [
-            {"name": self.teacher_names[i], "student_tokens": student,
-             "teacher_tokens": tokens(self.teachers[i].tokenizer, ids), "matrix": matrix}
-            for i, (ids, matrix) in self._example["teachers"].items()
-        ]
+        teachers = {i: (self.teacher_names[i], self.teachers[i].tokenizer, ids, matrix)
+                    for i, (ids, matrix) in self._example["teachers"].items()}
+        return alignment_panels(self._example["student_ids"], self.student_tokenizer, teachers)
 
     # ----------------------------------------------------------------------------------------- compute
 
@@ -351,14 +280,7 @@ class KVDistillation(Objective):
         device = next(teacher.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         # The LM head runs only where CE routing needs the teacher's log-probs.
-        model = teacher.model if need_nll else backbone(teacher.model)
-        kwargs = {"use_cache": False} if teacher.layout.kind == "decoder" else {}
-        with capture.recording():
-            out = model(input_ids=ids, attention_mask=mask, **kwargs)
-        nll = None
-        if need_nll:
-            logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-            nll = torch.cat([torch.zeros_like(logp[:, :1, 0]), -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)], dim=1)
+        nll = run_captured(teacher.model, teacher.layout.kind, capture, ids, mask, need_nll)
         rotary = None
         if need_rotary:
             like = capture.keys[capture.layers[0]]

@@ -114,6 +114,17 @@ def plot_layer_maps(maps: Sequence[dict[int, list[tuple[int, float]]]], names: S
         plt.close(fig)
 
 
+def alignment_panels(student_ids: Sequence[int], student_tokenizer: Any, teachers: dict[int, tuple]) -> list[dict[str, Any]]:
+    """The panels of ``plot_alignments`` from token ids: ``teachers`` maps i to (name, tokenizer, ids, A)."""
+
+    def tokens(tokenizer, ids):
+        return tokenizer.convert_ids_to_tokens(list(ids)) if tokenizer is not None else [str(i) for i in ids]
+
+    student = tokens(student_tokenizer, student_ids)
+    return [{"name": name, "student_tokens": student, "teacher_tokens": tokens(tok, ids), "matrix": matrix}
+            for name, tok, ids, matrix in teachers.values()]
+
+
 def plot_alignments(examples: Sequence[dict[str, Any]], path: Path, max_tokens: int = 48) -> Path | None:
     """One panel per teacher: ``{"name", "student_tokens", "teacher_tokens", "matrix" (L_s, L_t)}``."""
     if not examples:

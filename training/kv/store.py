@@ -18,7 +18,6 @@ are those the layer map reads for the student's layer count, so the store belong
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -27,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from data.records import DataError, atomic_write_bytes, atomic_write_json
-from training.kv.models import KVCapture, backbone, rope_theta
+from data.records import DataError, atomic_write_bytes, atomic_write_json, read_index
+from training.kv.models import KVCapture, rope_theta, run_captured
 from training.kv.teachers import KVTeacher, teacher_names, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -48,15 +47,7 @@ def _teacher_rows(teacher: KVTeacher, capture: KVCapture, views: list, device, q
         ids[b, : len(v.input_ids)] = torch.as_tensor(v.input_ids)
         mask[b, : len(v.input_ids)] = 1
     ids, mask = ids.to(device), mask.to(device)
-    causal = hasattr(teacher.model, "lm_head")
-    model = teacher.model if causal else backbone(teacher.model)
-    kwargs = {"use_cache": False} if teacher.layout.kind == "decoder" else {}
-    with capture.recording():
-        out = model(input_ids=ids, attention_mask=mask, **kwargs)
-    nll = None
-    if causal:
-        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
-        nll = torch.cat([torch.zeros(len(views), 1, device=device), -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)], dim=1)
+    nll = run_captured(teacher.model, teacher.layout.kind, capture, ids, mask, need_nll=hasattr(teacher.model, "lm_head"))
     rows = []
     for b, v in enumerate(views):
         n = len(v.input_ids)
@@ -179,15 +170,7 @@ class TeacherKVStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        file = self.path / INDEX
-        if not file.is_file():
-            raise DataError(f"{file}: not found; {self.path} holds no stored teacher K/V")
-        try:
-            index = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}: not valid JSON ({e.msg})") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            raise DataError(f"{file}: not a teacher K/V index (expected format {FORMAT!r})")
+        index = read_index(self.path / INDEX, FORMAT, "stored teacher K/V")
         self.index = index
         self.teacher_entries: list[dict[str, Any]] = index["teachers"]
         self._items: dict[str, dict[str, list[int]]] = index["items"]
