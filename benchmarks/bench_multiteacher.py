@@ -19,6 +19,7 @@ on the answer plus, except for ``ce``, the KV objective (``KDTrainer`` with ``kv
     learned_balanced   the same with the entropy term at 1.0
     learned_ce   learned router trained to predict softmax(-CE per character) of the teachers
     learned_ce_sharp   the same with softmax(-CE / 0.1): sharper targets
+    learned_ce_attention   learned_ce with an attention-pooling router instead of a mean-pooling MLP
 
 Reported, mean ± std over seeds: held-out exact match per task (greedy decoding), and the routing weight
 on the matching teacher per task (over the held-out items' tokens). The teachers' own exact match is
@@ -44,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 TASKS = ("reverse", "sort")
 METHODS = ("ce", "kv_reverse", "kv_sort", "fixed", "similarity", "mince", "domain", "learned", "learned_balanced",
-           "learned_ce", "learned_ce_sharp")
+           "learned_ce", "learned_ce_sharp", "learned_ce_attention")
 LETTERS = "abcdefghijklmnop"
 
 
@@ -204,6 +205,8 @@ def method_settings(method: str, teachers: dict[str, str]) -> dict[str, Any]:
                              "kv_granularity": "sequence", "kv_entropy": "diverse", "kv_entropy_weight": 1.0, **common},
         "learned_ce": {"kv_teachers": both, "kv_fusion": "learnable", "kv_router": "mlp", "kv_granularity": "sequence",
                        "kv_router_target": "teacher_ce", **common},
+        "learned_ce_attention": {"kv_teachers": both, "kv_fusion": "learnable", "kv_router": "attention",
+                                 "kv_granularity": "sequence", "kv_router_target": "teacher_ce", **common},
         "learned_ce_sharp": {"kv_teachers": both, "kv_fusion": "learnable", "kv_router": "mlp", "kv_granularity": "sequence",
                              "kv_router_target": "teacher_ce", "kv_ce_temperature": 0.1, **common},
     }[method]
@@ -310,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(table)
     # Paired over seeds: each learned router against fixed fusion and CE only, per task.
     by = {(r["method"], r["seed"]): r for r in results}
-    for learned in ("learned", "learned_balanced", "learned_ce", "learned_ce_sharp"):
+    for learned in ("learned", "learned_balanced", "learned_ce", "learned_ce_sharp", "learned_ce_attention"):
         for other in ("fixed", "ce"):
             if learned in args.methods and other in args.methods:
                 for task in TASKS:

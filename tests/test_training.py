@@ -195,7 +195,7 @@ def test_trainer_argument_errors(tmp_path, dataset, tokenizer, logits_dir, tiny_
 def test_distill_saves_atomically_and_reports(tmp_path, items, logits_dir, tiny_model_path):
     from transformers import AutoModelForCausalLM
 
-    from training import distill, distill_config
+    from training.distill import distill, distill_config
 
     out = tmp_path / "F_student_model"
     out.mkdir()

@@ -1,5 +1,7 @@
 """Knowledge-distillation training on TRL: ``KDTrainer`` / ``KDConfig``, pure losses in ``training.losses``,
-sparse teacher logits in ``training.teacher_logits`` and ``distill()`` for the loop.
+sparse teacher logits in ``training.teacher_logits``, KV-cache distillation in ``training.kv`` and
+``training.distill.distill()`` for the loop (not exported here: the name is the submodule's, which any
+``import training.distill`` puts on the package).
 
 Names are imported on first use, so ``import training`` stays cheap and pulls in neither TRL nor any
 package of the loop (``agents`` depends on ``training``, never the reverse).
@@ -17,7 +19,6 @@ _EXPORTS = {
     "TeacherLogits": "training.teacher_logits",
     "extract_teacher_logits": "training.teacher_logits",
     "build_dataset": "training.mcq_data",
-    "distill": "training.distill",
     "distill_config": "training.distill",
 }
 
