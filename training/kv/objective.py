@@ -368,7 +368,7 @@ class KVDistillation(Objective):
                 )
                 per_layer.append(token_loss)
                 for key, value in parts.items():
-                    parts_sum[key] = parts_sum.get(key, 0.0) + float(value)
+                    parts_sum[key] = parts_sum.get(key, 0.0) + value  # tensors: no device sync per layer
                 target_top = target_k
             losses.append(torch.stack(per_layer).mean(0))  # (B, L_s)
             covers.append(cover)
@@ -389,7 +389,7 @@ class KVDistillation(Objective):
                 router_loss = (kl * mask_s).sum() / mask_s.sum().clamp(min=1)
             else:
                 router_loss = (target * (torch.log(target.clamp(min=1e-12)) - log_w)).sum(-1).mean()
-            metrics["router_kl"] = float(router_loss.detach())
+            metrics["router_kl"] = router_loss.detach()
             routed = routed.detach()
         per_token = routed if routed.dim() == 3 else routed[:, None, :].expand(-1, mask_s.shape[1], -1)
         cover = torch.stack(covers, dim=-1).to(per_token.dtype)  # (B, L_s, T)
@@ -402,13 +402,17 @@ class KVDistillation(Objective):
             loss = loss + router_loss
         elif self.router is not None and s.entropy_weight and s.entropy != "none":
             penalty = entropy_penalty(routed, mask_s, s.entropy)
-            metrics["entropy_penalty"] = float(penalty.detach())
+            metrics["entropy_penalty"] = penalty.detach()
             loss = loss + s.entropy_weight * penalty
         m = valid.to(fused_weights.dtype)[..., None]
-        mean_weights = ((fused_weights * m).sum((0, 1)) / m.sum().clamp(min=1.0)).detach().cpu()
+        mean_weights = ((fused_weights * m).sum((0, 1)) / m.sum().clamp(min=1.0)).detach()
+        # One transfer to the host for every logged figure of this call (a GPU waits once, not per layer).
+        names = list(metrics)
+        figures = torch.stack([*(metrics[k].float().reshape(()) for k in names), *mean_weights.float()]).tolist()
+        metrics = dict(zip(names, figures[: len(names)]))
         record = {name: 0.0 for name in self.teacher_names}
         for j, i in enumerate(self.active):
-            record[self.teacher_names[i]] = float(mean_weights[j])
+            record[self.teacher_names[i]] = figures[len(names) + j]
         for name, value in record.items():
             metrics[f"weight/{name}"] = value
         self.history.append(record)
