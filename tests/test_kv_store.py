@@ -111,3 +111,19 @@ def test_changed_text_is_refused(tmp_path, kv_store, kv_models, kv_items):  # no
     trainer = _trainer(tmp_path, kv_models, edited, kv_dir=str(kv_store["dir"]))
     with pytest.raises(ValueError, match="store them again"):
         _first_batch(trainer)
+
+
+def test_kv_teachers_beside_stored_logits(tmp_path, kv_models, kv_items):  # noqa: F811
+    """The loop's train stage: stored top-k logits (alpha > 0) and online KV teachers in the same batches."""
+    from tests.test_training_teacher_logits import TinyTopKEngine
+    from training.teacher_logits import extract_teacher_logits
+
+    logits = tmp_path / "logits"
+    extract_teacher_logits(TinyTopKEngine(kv_models["student"]), kv_items, logits, k=8)
+    trainer = _trainer(tmp_path / "run", kv_models, kv_items, logits_dir=str(logits), alpha=0.5, top_k=8,
+                       kv_teachers=[str(kv_models["encoder"])], max_steps=1)
+    batch = _first_batch(trainer)
+    assert {"teacher_topk_ids", "kv0_input_ids", "kv0_overlap"} <= set(batch)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert torch.isfinite(torch.tensor([logged["kd_loss"], logged["kv_loss"]])).all()

@@ -158,7 +158,15 @@ class KDTrainer(SFTTrainer):
 
             store = TeacherLogits(args.logits_dir)
             logger.info("distilling from stored top-%d logits of %d items in %s", store.k, len(store), store.path)
-            self.data_collator = TopKCollator(self.data_collator, store, vocab_size=self.student_vocab_size, top_k=args.top_k)
+            from training.kv.collator import KVCollator
+
+            if isinstance(self.data_collator, KVCollator):
+                # Both look examples up by id: the stored logits go inside, and the KV collator hands it the ids.
+                kv = self.data_collator
+                kv.base = TopKCollator(kv.base, store, vocab_size=self.student_vocab_size, top_k=args.top_k)
+                kv.forward_key = True
+            else:
+                self.data_collator = TopKCollator(self.data_collator, store, vocab_size=self.student_vocab_size, top_k=args.top_k)
         extra = [kv_objective] if kv_objective is not None else []
         self.objectives = torch.nn.ModuleList([*self._configured_objectives(student), *extra, *objectives])
         self._setup_objectives()

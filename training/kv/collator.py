@@ -45,6 +45,7 @@ class KVCollator:
     tags: Mapping[str, str] | None = None  # item id -> tag (its domain or task), for domain routing and pictures
     key: str = "id"
     drop: tuple[str, ...] = ("messages",)
+    forward_key: bool = False  # pass the id on to ``base`` (a collator that looks items up too, e.g. TopKCollator)
 
     @property
     def tag_names(self) -> list[str]:
@@ -75,7 +76,8 @@ class KVCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         conversations = [self.conversation(ex) for ex in examples]
         students = [self.student_view(ex, conv) for ex, conv in zip(examples, conversations)]
-        batch = self.base([{k: v for k, v in ex.items() if k not in (self.key, *self.drop)} for ex in examples])
+        dropped = self.drop if self.forward_key else (self.key, *self.drop)
+        batch = self.base([{k: v for k, v in ex.items() if k not in dropped} for ex in examples])
         length = batch["input_ids"].shape[1]
         for b, view in enumerate(students):
             if not torch.equal(batch["input_ids"][b, : len(view.input_ids)], torch.as_tensor(view.input_ids)):
