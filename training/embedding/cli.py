@@ -1,0 +1,117 @@
+"""``python -m training.embedding {distill,eval}``: multi-stage distillation of a sentence encoder.
+
+    python -m training.embedding distill --teacher minilm --stages 2,3,4 --bottleneck 128 --keep 3 \
+        --repeat 1 --loss mcl --data ../shared/data/clinical/medmcqa_dev.jsonl --out runs/enc
+    python -m training.embedding eval --student runs/enc/student --teacher minilm \
+        --data ../shared/data/clinical/medmcqa_dev.jsonl
+
+``distill`` takes every field of ``EncoderDistillConfig`` as an option (or ``--config recipe.yaml``);
+``eval`` prints fidelity, MSE x 100, recall@1, size and speed of one or more students beside the teacher,
+on the same held-out split. Bad input is one line naming the file (and line) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("distill", "eval")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data.records import DataError
+    from training.embedding.errors import EmbeddingDataError, EmbeddingSetupError
+
+    return (EmbeddingSetupError, EmbeddingDataError, DataError, FileNotFoundError)
+
+
+def distill_parser():
+    from transformers import HfArgumentParser
+
+    from training.embedding.config import EncoderDistillConfig
+
+    return HfArgumentParser(EncoderDistillConfig, prog="python -m training.embedding distill", description="Multi-stage distillation of a sentence encoder (bottleneck, recurrence, pairs).")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.embedding eval", description="Fidelity, MSE, recall@1, size and speed of students beside their teacher (held-out split).")
+    p.add_argument("--student", required=True, nargs="+", help="student folder(s) (sentence-transformers), or specs such as st:<folder>")
+    p.add_argument("--teacher", default="minilm", help="teacher spec or folder (default minilm)")
+    p.add_argument("--data", nargs="*", default=[], help="MCQ JSONL file(s); default: the --domain seed pool")
+    p.add_argument("--domain", default="clinical", help="domain whose seed pool is the data when --data is not given")
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="held-out fraction, as in distill (default 0.1)")
+    p.add_argument("--max-seq-length", type=int, default=128, help="token limit per sentence (default 128)")
+    p.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--device", default="cpu", help="device (default cpu: throughput is a CPU figure)")
+    return p
+
+
+def run_distill(argv: Sequence[str]) -> int:
+    from training.embedding.config import EncoderDistillConfig
+    from training.embedding.distill import distill_encoder
+
+    parser = distill_parser()
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise _usage("--config needs a YAML file")
+        (cfg,) = parser.parse_yaml_file(argv[i + 1])
+        overrides = argv[:i] + argv[i + 2 :]
+        if overrides:
+            raise _usage("--config takes no other options; put them in the YAML file")
+    else:
+        (cfg,) = parser.parse_args_into_dataclasses(argv)
+    assert isinstance(cfg, EncoderDistillConfig)
+    distill_encoder(cfg)
+    return 0
+
+
+def run_eval(argv: Sequence[str]) -> int:
+    from training.embedding.config import EncoderDistillConfig
+    from training.embedding.distill import load_data
+    from training.embedding.encoders import load_encoder
+    from training.embedding.evaluate import STEncoder, embed_texts, eval_texts, evaluate_encoder, print_table
+
+    args = eval_parser().parse_args(argv)
+    cfg = EncoderDistillConfig(out="-", data=args.data, domain=args.domain, dev_fraction=args.dev_fraction, stages="3")
+    data = load_data(cfg)
+    teacher = load_encoder(args.teacher, args.device, args.max_seq_length)
+    texts = eval_texts(data.dev_pairs, data.dev_items)
+    teacher_embed = embed_texts(STEncoder(teacher), texts)
+    speed_texts = None if args.no_speed else texts[:512]
+    rows = [evaluate_encoder(f"teacher ({args.teacher})", STEncoder(teacher), teacher_embed, data.dev_pairs, data.dev_items, model=teacher, speed_texts=speed_texts)]
+    for spec in args.student:
+        model = load_encoder(spec, args.device, args.max_seq_length)
+        rows.append(evaluate_encoder(spec, STEncoder(model), teacher_embed, data.dev_pairs, data.dev_items, model=model, speed_texts=speed_texts, teacher_speed=rows[0].sentences_per_s))
+    print_table(rows, f"held-out: {len(data.dev_pairs)} pairs, {len(data.dev_items)} items")
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def _usage(msg: str) -> _Usage:
+    return _Usage(msg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command, rest = argv[0], argv[1:]
+    try:
+        return run_distill(rest) if command == "distill" else run_eval(rest)
+    except (_Usage, *_user_errors()) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
