@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,onnx
 ARGS ?=
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv

@@ -41,6 +41,9 @@ class LoopConfig:
     budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes."})
     allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
     exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
+    exemplar_choice: str = field(default="random", metadata={"help": "How exemplars are chosen: random (the node's own items, else its subtree's, else its siblings') or embedding (the node's items nearest in meaning to the node, then the nearest of the other seed items), with --encoder."})
+    near_dup_metric: str = field(default="rouge_l", metadata={"help": "Near-duplicate gate of the validate stage: rouge_l (ROUGE-L F1 >= 0.7), jaccard (word 3-gram Jaccard >= 0.7) or embedding (cosine of --encoder embeddings >= the calibrated threshold)."})
+    encoder: str = field(default="", metadata={"help": "Sentence encoder of --near-dup-metric embedding and --exemplar-choice embedding: minilm, st:<folder> or a folder. Default: the run's distilled encoder (<run-dir>/encoder/student, from python -m training.embedding distill --out <run-dir>/encoder) when it exists, else minilm."})
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
     solver_samples: int = field(default=1, metadata={"help": "Times each solver model answers an item, the options in another order each time (one vote each)."})
     solver_min_votes: int = field(default=0, metadata={"help": "Solver votes for the key an item needs (k of n = solver samples x solver models); 0 = all of them."})
@@ -82,6 +85,8 @@ class LoopConfig:
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
             (self.allocation in ("weakness", "uniform"), "allocation must be weakness or uniform"),
             (self.acceptance in ("both", "solver", "critic"), "acceptance must be both, solver or critic"),
+            (self.exemplar_choice in ("random", "embedding"), "exemplar_choice must be random or embedding"),
+            (self.near_dup_metric in ("rouge_l", "jaccard", "embedding"), "near_dup_metric must be rouge_l, jaccard or embedding"),
             (self.kv_phase >= 0, "kv_phase must be >= 0 (0 = no curriculum phase)"),
             (self.kv_loss_weight >= 0, "kv_loss_weight must be >= 0"),
             (not (self.kv_phase and not self.kv_teachers), "kv_phase needs kv_teachers"),

@@ -58,6 +58,22 @@ class LoopContext:
         items = self.domain.eval_items()
         return items[: self.config.eval_size] if self.config.eval_size else items
 
+    @property
+    def encoder_spec(self) -> str:
+        """--encoder, else the run's distilled encoder when there is one, else the embedded minilm."""
+        if self.config.encoder:
+            return self.config.encoder
+        own = self.run.root / "encoder" / "student"
+        return str(own) if (own / "modules.json").is_file() else "minilm"
+
+    @cached_property
+    def embed(self):
+        """texts -> embeddings with ``encoder_spec`` (loaded once, shared by generate and validate)."""
+        from synth.validate import encoder_embed
+
+        logger.info("sentence encoder: %s", self.encoder_spec)
+        return encoder_embed(self.encoder_spec)
+
     @cached_property
     def items_by_id(self) -> dict[str, MCQItem]:
         return {it.id: it for it in (*self.seed_items, *self.eval_items)}

@@ -142,6 +142,8 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
 def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     c = ctx.config
     values = {"teacher": c.teacher, "budget": c.budget, "allocation": c.allocation, "exemplars": c.exemplars, "seed": c.seed}
+    if c.exemplar_choice != "random":  # only then: the inputs of runs made before the option stay the same
+        values |= {"exemplar_choice": c.exemplar_choice, "encoder": ctx.encoder_spec}
     return values, [ctx.run.stage(state["iteration"], "analyze") / "tree.json", *ctx.domain.seed_files]
 
 
@@ -156,7 +158,8 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     alloc = allocate(tree, c.budget, it, AllocationConfig(strategy=c.allocation, seed=c.seed + it))
     atomic_write_json(out / "allocation.json", alloc)
     targets = [node for node, count in alloc.items() if count > 0]
-    exemplars = node_exemplars(tree, ctx.seed_items, targets, c.exemplars * 4, c.seed + it)
+    embed = ctx.embed if c.exemplar_choice == "embedding" else None
+    exemplars = node_exemplars(tree, ctx.seed_items, targets, c.exemplars * 4, c.seed + it, embed=embed)
     synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
     result = generate_items(ctx.engines.get(c.teacher), alloc, node_briefs(tree, targets), exemplars, synth, iteration=it)
     write_jsonl(out / "candidates.jsonl", result.items)
@@ -172,6 +175,8 @@ def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
     c = ctx.config
     values = {"solver": c.solver_specs, "critic": c.critic_spec, "acceptance": c.acceptance, "seed": c.seed,
               "solver_samples": c.solver_samples, "solver_min_votes": c.solver_min_votes}
+    if c.near_dup_metric != "rouge_l":
+        values |= {"near_dup_metric": c.near_dup_metric, "encoder": ctx.encoder_spec if c.near_dup_metric == "embedding" else ""}
     return values, [ctx.run.stage(state["iteration"], "generate") / "candidates.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
 
 
@@ -194,7 +199,9 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
             domain=ctx.domain.root,
             solver_samples=c.solver_samples,
             solver_min_votes=c.solver_min_votes,
+            near_dup_metric=c.near_dup_metric,
         ),
+        embed=ctx.embed if c.near_dup_metric == "embedding" else None,
     )
     # Requests whose every generation attempt failed to parse are rejected items too (last attempt kept).
     unparsed = unparsed_requests(read_jsonl(gen / "unparsed.jsonl"), candidates)

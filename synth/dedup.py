@@ -16,6 +16,10 @@ hide a copy.
   - ``jaccard``: Jaccard similarity of the sets of word n-grams (default 3-grams) >= the threshold;
     texts shorter than n words use their word set. What MinHash estimates; exact here, through an
     inverted index on n-grams.
+  - ``embedding``: cosine similarity of sentence embeddings of the question and sorted options, from an
+    ``embed`` function given by the caller (the run's encoder: ``training.embedding``) >= the threshold.
+    It sees a reworded copy that shares few words; its threshold is calibrated on real SmolLM2 copies
+    (docs/embedding.md).
 * Contamination: an item shares at least one word 13-gram with an evaluation item (question + options),
   or, for texts shorter than 13 words, has exactly the same normalised text.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from data.records import MCQItem
 from data.text import normalize_text, word_tokens
@@ -64,7 +68,35 @@ class Match:
     score: float
 
 
-METRICS = ("rouge_l", "jaccard")
+METRICS = ("rouge_l", "jaccard", "embedding")
+
+#: texts -> (N, D) embeddings (any array-like torch or numpy can hold); the ``embedding`` metric's encoder.
+Embed = Callable[[Sequence[str]], Any]
+
+
+def memoized(embed: Embed, size: int = 256) -> Embed:
+    """``embed`` with the last ``size`` single-text results kept: the validate stage asks for one item's
+    vector up to three times (seed-pool query, batch query, adding it to the batch)."""
+    import numpy as np
+
+    cache: dict[str, Any] = {}
+
+    def wrapped(texts: Sequence[str]) -> Any:
+        if len(texts) != 1:
+            return embed(texts)
+        (text,) = texts
+        if text not in cache:
+            if len(cache) >= size:
+                cache.pop(next(iter(cache)))
+            cache[text] = np.asarray(embed([text]), dtype=np.float32)
+        return cache[text]
+
+    return wrapped
+
+
+def embedding_text(question: str, options: Mapping[str, str]) -> str:
+    """What the embedding metric encodes: the question, then the option texts in sorted order."""
+    return "\n".join([question.strip(), *sorted(t.strip() for t in options.values())])
 
 
 def similarity_tokens(question: str, options: Mapping[str, str]) -> list[str]:
@@ -98,14 +130,20 @@ def rouge_l(a: Sequence[str], b: Sequence[str]) -> float:
 class DuplicateIndex:
     """Exact keys plus a near-duplicate index (ROUGE-L or n-gram Jaccard, see the module docstring)."""
 
-    def __init__(self, n: int = 3, threshold: float = 0.7, metric: str = "rouge_l") -> None:
+    def __init__(self, n: int = 3, threshold: float = 0.7, metric: str = "rouge_l", embed: Embed | None = None) -> None:
         if n < 1:
             raise ValueError(f"n-gram size must be >= 1, got {n}")
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
         if metric not in METRICS:
             raise ValueError(f"near-duplicate metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if metric == "embedding" and embed is None:
+            raise ValueError("the embedding near-duplicate metric needs an embed function (an encoder)")
         self.n = n
+        self.embed = embed
+        self._ids: list[str] = []
+        self._vectors: list[Any] = []  # unit-norm float32 rows (embedding metric)
+        self._matrix: Any = None  # their stack, rebuilt after an add
         self.threshold = threshold
         self.metric = metric
         self._exact: dict[str, str] = {}
@@ -115,14 +153,27 @@ class DuplicateIndex:
         self._postings: dict[Any, list[str]] = defaultdict(list)
 
     def __len__(self) -> int:
+        if self.metric == "embedding":
+            return len(self._ids)
         return len(self._grams) if self.metric == "jaccard" else len(self._tokens)
 
     def describe(self) -> str:
-        """How similarity is measured, for rejection reasons: "ROUGE-L" or "3-gram Jaccard"."""
-        return "ROUGE-L" if self.metric == "rouge_l" else f"{self.n}-gram Jaccard"
+        """How similarity is measured, for rejection reasons: "ROUGE-L", "3-gram Jaccard" or "embedding cosine"."""
+        return {"rouge_l": "ROUGE-L", "jaccard": f"{self.n}-gram Jaccard", "embedding": "embedding cosine"}[self.metric]
 
-    def add(self, item_id: str, question: str, options: Mapping[str, str]) -> None:
+    def _unit_rows(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        rows = np.asarray(self.embed(list(texts)), dtype=np.float32).reshape(len(texts), -1)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    def add(self, item_id: str, question: str, options: Mapping[str, str], _vector: Any = None) -> None:
         self._exact.setdefault(exact_key(question, options), item_id)
+        if self.metric == "embedding":
+            self._ids.append(item_id)
+            self._vectors.append(self._unit_rows([embedding_text(question, options)])[0] if _vector is None else _vector)
+            self._matrix = None
+            return
         tokens = similarity_tokens(question, options)
         if self.metric == "jaccard":
             keys: set[Any] = ngrams(tokens, self.n)
@@ -135,8 +186,9 @@ class DuplicateIndex:
             self._postings[key].append(item_id)
 
     def add_items(self, items: Sequence[MCQItem]) -> None:
-        for item in items:
-            self.add(item.id, item.question, item.options)
+        vectors = self._unit_rows([embedding_text(i.question, i.options) for i in items]) if self.metric == "embedding" and items else None
+        for k, item in enumerate(items):
+            self.add(item.id, item.question, item.options, None if vectors is None else vectors[k])
 
     def exact(self, question: str, options: Mapping[str, str]) -> Match | None:
         found = self._exact.get(exact_key(question, options))
@@ -144,13 +196,26 @@ class DuplicateIndex:
 
     def nearest(self, question: str, options: Mapping[str, str]) -> Match | None:
         """The most similar indexed item at or above the threshold (ties: the first added)."""
-        tokens = similarity_tokens(question, options)
-        scores = self._jaccard_scores(tokens) if self.metric == "jaccard" else self._rouge_scores(tokens)
+        if self.metric == "embedding":
+            scores = self._cosine_scores(question, options)
+        else:
+            tokens = similarity_tokens(question, options)
+            scores = self._jaccard_scores(tokens) if self.metric == "jaccard" else self._rouge_scores(tokens)
         best: Match | None = None
         for other, score in scores:
             if score >= self.threshold and (best is None or score > best.score):
                 best = Match(other, score)
         return best
+
+    def _cosine_scores(self, question: str, options: Mapping[str, str]) -> Iterator[tuple[str, float]]:
+        import numpy as np
+
+        if not self._ids:
+            return
+        if self._matrix is None:
+            self._matrix = np.stack(self._vectors)  # (N, D)
+        cos = self._matrix @ self._unit_rows([embedding_text(question, options)])[0]
+        yield from zip(self._ids, (float(c) for c in cos))
 
     def _jaccard_scores(self, tokens: list[str]) -> Iterator[tuple[str, float]]:
         grams = ngrams(tokens, self.n)

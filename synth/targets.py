@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from data.records import MCQItem
+from synth.dedup import Embed, embedding_text
 from synth.generate import NodeBrief
 
 
@@ -29,14 +30,27 @@ def node_briefs(tree: Any, nodes: Iterable[str]) -> dict[str, NodeBrief]:
     return briefs
 
 
-def node_exemplars(tree: Any, seed_items: Sequence[MCQItem], nodes: Iterable[str], k: int, seed: int) -> dict[str, list[MCQItem]]:
-    """Up to ``k`` seed items per node: the node's own, else its subtree's, else its siblings' subtrees'.
+def node_text(tree: Any, node: str) -> str:
+    """What a node is about, as one line for an encoder: its path, name and description."""
+    info = tree.info(node)
+    return " > ".join(node.split("/")) + f": {info['name']}. {info.get('description', '')}".rstrip()
 
-    Drawn with ``seed`` from the pool sorted by id, so the choice does not depend on file order.
+
+def node_exemplars(tree: Any, seed_items: Sequence[MCQItem], nodes: Iterable[str], k: int, seed: int, embed: Embed | None = None) -> dict[str, list[MCQItem]]:
+    """Up to ``k`` seed items per node.
+
+    Without ``embed``: the node's own, else its subtree's, else its siblings' subtrees', drawn with ``seed``
+    from the pool sorted by id (so the choice does not depend on file order). With ``embed`` (texts ->
+    embeddings): the node's subtree's items nearest in meaning to the node (``node_text``), then, when
+    those are fewer than ``k``, the nearest of all other seed items, so a leaf with few items of its own
+    is shown related questions rather than random siblings.
     """
     by_node: dict[str, list[MCQItem]] = defaultdict(list)
     for item in seed_items:
         by_node[tree.node_of(item)].append(item)
+    nodes = list(nodes)
+    if embed is not None:
+        return _nearest_exemplars(tree, seed_items, by_node, nodes, k, embed)
     out = {}
     for node in nodes:
         pool = list(by_node.get(node, []))
@@ -53,4 +67,27 @@ def node_exemplars(tree: Any, seed_items: Sequence[MCQItem], nodes: Iterable[str
     return out
 
 
-__all__ = ["node_briefs", "node_exemplars"]
+def _nearest_exemplars(tree: Any, seed_items: Sequence[MCQItem], by_node: dict[str, list[MCQItem]], nodes: list[str], k: int, embed: Embed) -> dict[str, list[MCQItem]]:
+    import numpy as np
+
+    items = sorted({i.id: i for i in seed_items}.values(), key=lambda i: i.id)
+    if not items or not nodes:
+        return {node: [] for node in nodes}
+
+    def unit(texts: list[str]) -> Any:
+        rows = np.asarray(embed(texts), dtype=np.float32).reshape(len(texts), -1)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    item_vecs = unit([embedding_text(i.question, i.options) for i in items])  # (N, D)
+    node_vecs = unit([node_text(tree, n) for n in nodes])  # (M, D)
+    row = {i.id: r for r, i in enumerate(items)}
+    out = {}
+    for m, node in enumerate(nodes):
+        cos = item_vecs @ node_vecs[m]
+        own = {i.id for d in (node, *tree.descendants(node)) for i in by_node.get(d, [])}
+        ranked = sorted(items, key=lambda i: (i.id not in own, -float(cos[row[i.id]]), i.id))
+        out[node] = ranked[: min(k, len(ranked))]
+    return out
+
+
+__all__ = ["node_briefs", "node_exemplars", "node_text"]

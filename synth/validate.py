@@ -8,7 +8,8 @@ gate as ``stage`` with a one-line ``reason``:
 2. ``duplicate``: the same normalised question and option set as a seed-pool item or an earlier
    surviving item of this batch (synth.dedup.exact_key).
 3. ``near_duplicate``: ROUGE-L F1 (or word n-gram Jaccard, ``near_dup_metric``) >= ``near_dup_threshold``
-   (default 0.7) with a seed-pool item or an earlier surviving item of this batch.
+   (default 0.7), or with ``near_dup_metric: embedding`` the encoder's cosine >= ``near_dup_embedding_threshold``,
+   with a seed-pool item or an earlier surviving item of this batch.
 4. ``contamination``: shares a word 13-gram with any evaluation item (question + options text).
 5. ``solver`` / ``critic``: the agents, run only on the survivors, each model in ONE batched engine call.
    The solver answers blind (no key, no explanation) through prompts.mcq (the evaluation format), by
@@ -49,7 +50,7 @@ from engines.base import Engine, SamplingParams
 from prompts import render
 from prompts.mcq import mcq_messages
 from prompts.parse import CriticVerdict, critic_json_schema, parse_completion
-from synth.dedup import METRICS, ContaminationIndex, DuplicateIndex
+from synth.dedup import METRICS, ContaminationIndex, DuplicateIndex, Embed, memoized
 from synth.positions import answer_balance, is_position_bound, rebalance_answers
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ class ValidationConfig:
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept: both, solver or critic."})
     min_options: int = field(default=4, metadata={"help": "Fewest options an item may have."})
     max_options: int = field(default=5, metadata={"help": "Most options an item may have."})
-    near_dup_metric: str = field(default="rouge_l", metadata={"help": "Near-duplicate similarity: rouge_l (ROUGE-L F1 of the words) or jaccard (word n-gram Jaccard)."})
+    near_dup_metric: str = field(default="rouge_l", metadata={"help": "Near-duplicate similarity: rouge_l (ROUGE-L F1 of the words), jaccard (word n-gram Jaccard) or embedding (cosine of the encoder's sentence embeddings)."})
     near_dup_ngram: int = field(default=3, metadata={"help": "Word n-gram size of the jaccard metric."})
-    near_dup_threshold: float = field(default=0.7, metadata={"help": "Similarity at or above which two items are near duplicates."})
+    near_dup_threshold: float = field(default=0.7, metadata={"help": "Similarity at or above which two items are near duplicates (rouge_l, jaccard)."})
+    near_dup_embedding_threshold: float = field(default=0.9, metadata={"help": "Cosine at or above which two items are near duplicates (embedding metric; calibrated on real SmolLM2 copies, docs/embedding.md)."})
+    encoder: str = field(default="minilm", metadata={"help": "Sentence encoder of the embedding metric: minilm, st:<folder> or a folder (the loop passes the run's distilled encoder when it has one)."})
     contamination_ngram: int = field(default=13, metadata={"help": "Shared word n-gram length that marks an item contaminated."})
     solver_samples: int = field(default=1, metadata={"help": "Presentations of each item per solver model, each with the options in another order; each is a vote."})
     solver_min_votes: int = field(default=0, metadata={"help": "Votes for the key an item needs to pass the solver (0 = all votes of all solver models)."})
@@ -101,6 +104,8 @@ class ValidationConfig:
             raise ValueError("n-gram sizes must be >= 1")
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ValueError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
+        if not 0.0 < self.near_dup_embedding_threshold <= 1.0:
+            raise ValueError(f"near_dup_embedding_threshold must be in (0, 1], got {self.near_dup_embedding_threshold}")
         if self.critic_unparseable not in ("reject", "accept"):
             raise ValueError(f"critic_unparseable must be reject or accept, got {self.critic_unparseable!r}")
         if self.critic_max_new_tokens < 8:
@@ -203,6 +208,18 @@ def solver_verdict(votes: Sequence[SolverVote], key: str, min_votes: int) -> tup
 # -------------------------------------------------------------------------------------- the critic
 
 
+def encoder_embed(spec: str) -> Embed:
+    """The embed function of a sentence encoder spec (loaded once, on the CPU unless a GPU is present)."""
+    from training.embedding.encoders import load_encoder
+
+    model = load_encoder(spec)
+
+    def embed(texts: Sequence[str]) -> Any:
+        return model.encode(list(texts), batch_size=32, convert_to_numpy=True, show_progress_bar=False)
+
+    return embed
+
+
 def critic_messages(item: MCQItem, config: ValidationConfig, prefill: bool | None = None) -> list[dict[str, str]]:
     """The critic's chat messages; ``prefill`` (default ``config.critic_prefill``) starts its reply."""
     user = render(
@@ -286,10 +303,12 @@ def validate_items(
     seed_pool: Sequence[MCQItem] = (),
     eval_items: Sequence[MCQItem] = (),
     config: ValidationConfig | None = None,
+    embed: Embed | None = None,
 ) -> ValidationResult:
     """Run every gate and the agents the acceptance rule needs; see the module docstring for the order.
 
-    ``solver`` is one engine or several (their votes are pooled). Accepted items come back in candidate
+    ``solver`` is one engine or several (their votes are pooled). ``embed`` (texts -> embeddings) serves
+    the embedding near-duplicate metric; without it ``config.encoder`` is loaded. Accepted items come back in candidate
     order, with their answer positions rebalanced when ``config.rebalance``.
     """
     config = config or ValidationConfig()
@@ -306,9 +325,12 @@ def validate_items(
             f"({config.solver_samples} samples x {len(solvers)} solver model(s))"
         )
 
-    seeds = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold, config.near_dup_metric)
+    if config.near_dup_metric == "embedding":
+        embed = memoized(embed if embed is not None else encoder_embed(config.encoder))
+    threshold = config.near_dup_embedding_threshold if config.near_dup_metric == "embedding" else config.near_dup_threshold
+    seeds = DuplicateIndex(config.near_dup_ngram, threshold, config.near_dup_metric, embed)
     seeds.add_items(list(seed_pool))
-    batch = DuplicateIndex(config.near_dup_ngram, config.near_dup_threshold, config.near_dup_metric)
+    batch = DuplicateIndex(config.near_dup_ngram, threshold, config.near_dup_metric, embed)
     contamination = ContaminationIndex(list(eval_items), config.contamination_ngram)
 
     rejected: list[dict[str, Any]] = []

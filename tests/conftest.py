@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testing_utils import make_tiny_llama
+from tests.testing_utils import make_tiny_encoder, make_tiny_llama
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinical"
 
@@ -27,6 +27,12 @@ def tiny_model_path(smollm2_path: Path, tmp_path_factory) -> Path:
 def tiny_teacher_path(smollm2_path: Path, tmp_path_factory) -> Path:
     """A second, wider tiny random Llama with the same tokenizer (the teacher in fast tests)."""
     return make_tiny_llama(smollm2_path, tmp_path_factory.mktemp("tiny_teacher"), hidden=64, layers=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory) -> Path:
+    """A tiny random BERT sentence encoder (4 layers, hidden 32) with the MiniLM tokenizer: the encoder tests' teacher."""
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
 
 
 @pytest.fixture(scope="session")

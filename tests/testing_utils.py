@@ -57,6 +57,29 @@ def make_tiny_llama(tokenizer_dir: Path, out_dir: Path, *, hidden: int = 32, lay
     return out_dir
 
 
+def make_tiny_encoder(out_dir: Path, *, hidden: int = 32, layers: int = 4, seed: int = 0, max_seq_length: int = 64) -> Path:
+    """A random BERT sentence encoder (mean pooling, normalised, like all-MiniLM-L6-v2) with the real
+    MiniLM tokenizer, saved as a sentence-transformers folder: the teacher of the encoder tests."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from engines.minilm import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=hidden * 2, max_position_embeddings=128)
+    raw = out_dir / "raw"
+    BertModel(config, add_pooling_layer=False).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    model = SentenceTransformer(modules=[Transformer(str(raw), max_seq_length=max_seq_length), Pooling(hidden, pooling_mode="mean"), Normalize()], device="cpu")
+    folder = out_dir / "encoder"
+    model.save(str(folder))
+    return folder
+
+
 SMOLLM2_OUTPUTS = Path(__file__).resolve().parent / "fixtures" / "smollm2_outputs"
 
 

@@ -75,7 +75,13 @@ def run_eval(argv: Sequence[str]) -> int:
     from training.embedding.config import EncoderDistillConfig
     from training.embedding.distill import load_data
     from training.embedding.encoders import load_encoder
-    from training.embedding.evaluate import STEncoder, embed_texts, eval_texts, evaluate_encoder, print_table
+    from training.embedding.evaluate import (
+        STEncoder,
+        embed_texts,
+        eval_texts,
+        evaluate_encoder,
+        print_table,
+    )
 
     args = eval_parser().parse_args(argv)
     cfg = EncoderDistillConfig(out="-", data=args.data, domain=args.domain, dev_fraction=args.dev_fraction, stages="3")

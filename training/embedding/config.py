@@ -25,6 +25,7 @@ class EncoderDistillConfig:
     layers: str | None = field(default=None, metadata={"help": "Explicit teacher layers to keep, comma-separated (e.g. 0,2,4)."})
     repeat: int = field(default=1, metadata={"help": "How many times the kept layers are applied (recurrence: parameters stay, compute grows)."})
     loss: str = field(default="mcl", metadata={"help": "Stage-4 loss: mcl (cosine-matrix match + MSE), mse (Reimers & Gurevych), ce (0.01 x in-batch CE + MSE), bool (identity match + MSE)."})
+    pair_targets: str = field(default="auto", metadata={"help": "Stage-4 teacher targets: source (the teacher reads only the source; the seed's cross-lingual setting), both (it reads both sides), auto (source for a --pairs file, both for in-domain pairs, whose target is no paraphrase)."})
     scale: float = field(default=20.0, metadata={"help": "Similarity scale of the ce loss."})
     ce_weight: float = field(default=0.01, metadata={"help": "Weight of the cross-entropy term of the ce loss."})
     stage2_epochs: float = field(default=2.0, metadata={"help": "Epochs of stage 2 over the sentences."})
@@ -54,6 +55,8 @@ class EncoderDistillConfig:
             raise EmbeddingSetupError("stage 2 trains the bottleneck embedding: give --bottleneck E > 0 or leave 2 out of --stages")
         if self.loss not in PAIR_LOSSES:
             raise EmbeddingSetupError(f"--loss must be one of {', '.join(PAIR_LOSSES)}, got {self.loss!r}")
+        if self.pair_targets not in ("auto", "source", "both"):
+            raise EmbeddingSetupError(f"--pair-targets must be auto, source or both, got {self.pair_targets!r}")
         if self.bottleneck < 0 or self.keep < 0 or self.repeat < 1:
             raise EmbeddingSetupError("--bottleneck and --keep must be >= 0 and --repeat >= 1")
         if self.batch_size < 2:
@@ -70,3 +73,9 @@ class EncoderDistillConfig:
                 raise EmbeddingSetupError(f"--layers takes teacher layer numbers separated by commas, got {self.layers!r}") from None
         else:
             self.layer_list = None
+
+    def resolved_pair_targets(self, data) -> str:
+        """``pair_targets`` with auto resolved for the data at hand."""
+        if self.pair_targets != "auto":
+            return self.pair_targets
+        return "source" if data.pairs_source == "parallel file" else "both"

@@ -1,8 +1,8 @@
 """Sentences and pairs for encoder distillation, from MCQ files (a domain's pool) and parallel TSV files.
 
 - sentences: every question and option text, unique, in first-seen order;
-- training pairs: a ``--pairs`` TSV (source TAB target) when the user has one, else in-domain pairs
-  (question ↔ key option, and question ↔ paraphrase where an item carries one);
+- training pairs: a ``--pairs`` TSV (source TAB target: a real parallel file, or question TAB paraphrase)
+  when the user has one, else in-domain pairs (question ↔ key option);
 - held-out: items are split by a hash of their id, so no held-out question is trained on; the dev
   pairs are each held-out question against every option of its item and against another held-out
   question, which spreads the teacher's cosines over the whole range (what fidelity ranks).
@@ -72,7 +72,7 @@ def read_sentences(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise EmbeddingDataError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = [ln.rstrip("\r") for ln in path.read_text(encoding="utf-8").split("\n")]  # not splitlines(): \f, \x85 ... are not line ends
     while lines and not lines[-1].strip():
         lines.pop()
     for lineno, line in enumerate(lines, start=1):
@@ -84,8 +84,10 @@ def read_sentences(path: str | Path) -> list[str]:
 
 
 def is_dev(item_id: str, dev_fraction: float) -> bool:
-    """Stable held-out membership from the id alone (the same split on every run and machine)."""
-    h = int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big")
+    """Stable held-out membership from the id alone (the same split on every run and machine). Salted:
+    the domain presets' seed and eval files were themselves cut by an unsalted hash of the id, which would
+    put a whole seed file on one side."""
+    h = int.from_bytes(hashlib.sha256(b"atkd-encoder-dev\0" + item_id.encode()).digest()[:8], "big")
     return h / 2**64 < dev_fraction
 
 
@@ -98,21 +100,22 @@ def item_sentences(items: Sequence[MCQItem]) -> list[str]:
 
 
 def in_domain_pairs(items: Sequence[MCQItem]) -> list[tuple[str, str]]:
-    """Question ↔ key option, and question ↔ paraphrase for items that carry a ``paraphrase`` field."""
-    pairs = [(it.question.strip(), it.options[it.answer_idx].strip()) for it in items]
-    pairs += [(it.question.strip(), str(p).strip()) for it in items if (p := getattr(it, "paraphrase", None))]
-    return pairs
+    """Question ↔ key option. (Question ↔ paraphrase pairs come in through a ``--pairs`` file.)"""
+    return [(it.question.strip(), it.options[it.answer_idx].strip()) for it in items]
 
 
 def dev_pairs_of(items: Sequence[MCQItem], seed: int = 0) -> list[tuple[str, str]]:
-    """Each held-out question with every option of its item and with one other held-out question."""
+    """Each held-out question with every option of its item and with one held-out question of other
+    text (never itself: a pair of identical texts has cosine 1 whatever the encoder); no pair twice."""
     rng = random.Random(seed)
-    pairs = [(it.question, text) for it in items for text in it.options.values()]
-    if len(items) > 1:
-        for i, it in enumerate(items):
-            j = rng.randrange(len(items) - 1)
-            pairs.append((it.question, items[j + (j >= i)].question))
-    return [(a.strip(), b.strip()) for a, b in pairs]
+    pairs = [(it.question.strip(), text.strip()) for it in items for text in it.options.values()]
+    questions = list(dict.fromkeys(it.question.strip() for it in items))
+    for it in items:
+        q = it.question.strip()
+        others = [o for o in questions if o != q]
+        if others:
+            pairs.append((q, others[rng.randrange(len(others))]))
+    return list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
 
 
 def build_data(items: Sequence[MCQItem], pairs: list[tuple[str, str]] | None = None, dev_fraction: float = 0.1, extra_sentences: Sequence[str] = (), seed: int = 0) -> EncoderData:

@@ -17,9 +17,21 @@ from typing import Any
 import torch
 
 from training.embedding.config import EncoderDistillConfig
-from training.embedding.data import EncoderData, build_data, read_mcq_files, read_pairs_tsv
+from training.embedding.data import (
+    EncoderData,
+    build_data,
+    read_mcq_files,
+    read_pairs_tsv,
+)
 from training.embedding.encoders import load_encoder
-from training.embedding.evaluate import EvalRow, STEncoder, embed_texts, eval_texts, evaluate_encoder, print_table
+from training.embedding.evaluate import (
+    EvalRow,
+    STEncoder,
+    embed_texts,
+    eval_texts,
+    evaluate_encoder,
+    print_table,
+)
 from training.embedding.stages import StageReport, train_stage
 from training.embedding.student import StudentShape, build_student, evenly_spaced
 from training.embedding.targets import TeacherTargets, cached_targets

@@ -36,8 +36,9 @@ def encoder_path(spec: str) -> Path:
 
 def load_encoder(spec: str, device: str = "auto", max_seq_length: int | None = None) -> Any:
     """A SentenceTransformer in eval mode (``device`` auto: cuda when present)."""
-    import training.embedding.student  # noqa: F401  (registers the student's model class)
     from sentence_transformers import SentenceTransformer
+
+    import training.embedding.student  # noqa: F401  (registers the student's model class)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,6 +12,7 @@ trained with other options is refused rather than overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -25,7 +26,11 @@ import torch
 from training.embedding.config import EncoderDistillConfig
 from training.embedding.data import EncoderData
 from training.embedding.errors import EmbeddingSetupError
-from training.embedding.losses import EmbeddingLayerMSELoss, PairDistillLoss, SentenceMSELoss
+from training.embedding.losses import (
+    EmbeddingLayerMSELoss,
+    PairDistillLoss,
+    SentenceMSELoss,
+)
 from training.embedding.targets import TeacherTargets
 
 logger = logging.getLogger(__name__)
@@ -49,15 +54,27 @@ class StageReport:
     resumed: bool = False
 
 
-def stage_options(cfg: EncoderDistillConfig, stage: int) -> dict[str, Any]:
+def data_fingerprint(data: EncoderData) -> str:
+    """A hash of what the stages train on (the split and the pairs), so edited data is not mistaken for the old."""
+    h = hashlib.sha256()
+    for text in (*data.train_sentences, *(f"{a}\t{b}" for a, b in data.train_pairs)):
+        h.update(text.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def stage_options(cfg: EncoderDistillConfig, stage: int, data: EncoderData | None = None) -> dict[str, Any]:
     """The options a finished stage depends on (a change in any of them means training it again)."""
     keys = ["teacher", "bottleneck", "keep", "layers", "repeat", "batch_size", "max_seq_length", "dev_fraction", "seed", "data", "domain"]
-    keys += {2: ["stage2_epochs", "stage2_learning_rate"], 3: ["stage3_epochs", "learning_rate"], 4: ["stage4_epochs", "learning_rate", "loss", "scale", "ce_weight", "pairs"]}[stage]
-    return {k: getattr(cfg, k) for k in keys} | {"stages_before": [s for s in cfg.stage_list if s < stage]}
+    keys += {2: ["stage2_epochs", "stage2_learning_rate"], 3: ["stage3_epochs", "learning_rate"], 4: ["stage4_epochs", "learning_rate", "loss", "scale", "ce_weight", "pairs", "pair_targets"]}[stage]
+    extra = {"stages_before": [s for s in cfg.stage_list if s < stage]}
+    if data is not None:
+        extra["data_fingerprint"] = data_fingerprint(data)
+    return {k: getattr(cfg, k) for k in keys} | extra
 
 
-def stage_dataset(stage: int, data: EncoderData, targets: TeacherTargets):
-    """The stage's rows: text column(s) and the teacher target as ``label``."""
+def stage_dataset(stage: int, data: EncoderData, targets: TeacherTargets, pair_targets: str = "both"):
+    """The stage's rows: text column(s) and the teacher target as ``label`` (stage 4: the source's, or
+    the source's and the target's with ``pair_targets="both"``)."""
     from datasets import Dataset
 
     if stage == 2:
@@ -66,8 +83,11 @@ def stage_dataset(stage: int, data: EncoderData, targets: TeacherTargets):
         return Dataset.from_dict({"text": data.train_sentences, "label": targets.sentence_of(data.train_sentences).tolist()})
     if not data.train_pairs:
         raise EmbeddingSetupError("stage 4 has no training pairs: give --pairs FILE.tsv or items with a key option")
-    sources = [a for a, _ in data.train_pairs]
-    return Dataset.from_dict({"source": sources, "target": [b for _, b in data.train_pairs], "label": targets.sentence_of(sources).tolist()})
+    sources, goals = [a for a, _ in data.train_pairs], [b for _, b in data.train_pairs]
+    teacher = targets.sentence_of(sources)  # (N, D)
+    if pair_targets == "both":  # the teacher reads the targets too: (N, 2, D)
+        teacher = torch.stack([teacher, targets.sentence_of(goals)], dim=1)
+    return Dataset.from_dict({"source": sources, "target": goals, "label": teacher.tolist()})
 
 
 def stage_loss(stage: int, model: Any, cfg: EncoderDistillConfig) -> torch.nn.Module:
@@ -103,14 +123,18 @@ def _device(cfg: EncoderDistillConfig) -> str:
 
 def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTargets, cfg: EncoderDistillConfig) -> tuple[Any, StageReport]:
     """Train one stage (or load it when ``<out>/stage<N>`` is finished with the same options)."""
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.base.sampler import BatchSamplers
 
     from training.embedding.sampler import LengthGroupedBatchSampler
 
     out = Path(cfg.out)
     folder, work = out / f"stage{stage}", out / f"stage{stage}.work"
-    options = stage_options(cfg, stage)
+    options = stage_options(cfg, stage, data)
     done = folder / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
@@ -121,7 +145,7 @@ def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTarge
         loaded = SentenceTransformer(str(folder), device=_device(cfg))
         return loaded, StageReport(**(saved["report"] | {"resumed": True}))
 
-    dataset = stage_dataset(stage, data, targets)
+    dataset = stage_dataset(stage, data, targets, cfg.resolved_pair_targets(data))
     loss = stage_loss(stage, model, cfg)
     frozen = []
     if stage == 2:  # only the embedding layer is in the stage-2 graph; keep the optimizer off the rest
