@@ -59,7 +59,8 @@ class Bench:
 
         self.args = args
         self.work = Path(args.work).expanduser()
-        self.base = dict(data=args.data, teacher="minilm", stage2_epochs=args.stage2_epochs, stage3_epochs=args.stage3_epochs, stage4_epochs=args.stage4_epochs, progress=False, device="cpu", cache_dir=str(self.work / "cache"))
+        self.base = {"data": args.data, "teacher": "minilm", "stage2_epochs": args.stage2_epochs, "stage3_epochs": args.stage3_epochs,
+                     "stage4_epochs": args.stage4_epochs, "learning_rate": args.learning_rate, "progress": False, "device": "cpu", "cache_dir": str(self.work / "cache")}
         probe = EncoderDistillConfig(out=str(self.work / "probe"), **self.base)
         self.data = load_data(probe)
         self.teacher = load_encoder("minilm", "cpu", probe.max_seq_length)
@@ -238,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="+", default=sorted(glob.glob(str(SHARED / "*_dev.jsonl"))), help="MCQ JSONL files (default: every clinical dev file of ../shared)")
     p.add_argument("--seeds", type=int, default=10, help="seeds of the seeds group (default 10)")
     p.add_argument("--stage2-epochs", type=float, default=2.0)
-    p.add_argument("--stage3-epochs", type=float, default=3.0)
+    p.add_argument("--stage3-epochs", type=float, default=4.0)
     p.add_argument("--stage4-epochs", type=float, default=1.0)
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate of stages 3 and 4")
     p.add_argument("--speed-sentences", type=int, default=512, help="held-out sentences encoded for the throughput figure")
     p.add_argument("--no-model2vec", dest="model2vec", action="store_false", help="skip the model2vec baseline (it builds a virtual environment)")
     p.add_argument("--work", default="~/.cache/atkd/bench_embedding", help="where trained rows are kept (reused by a later run)")

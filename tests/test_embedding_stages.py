@@ -154,3 +154,16 @@ def test_cli_eval_prints_the_teacher_beside_the_student(tiny_encoder_path, mcq_f
     code = main(["eval", "--student", str(tmp_path / "s"), "--teacher", f"st:{tiny_encoder_path}", "--data", str(mcq_file), "--dev-fraction", "0.25", "--no-speed"])
     out = capsys.readouterr().out
     assert code == 0 and "teacher (st:" in out and str(tmp_path / "s") in out and "recall@1" in out
+
+
+def test_cli_export_writes_onnx_and_measures_it_again(tiny_encoder_path, mcq_file, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from training.embedding.cli import main
+    from training.embedding.encoders import load_encoder
+    from training.embedding.student import StudentShape, build_student
+
+    build_student(load_encoder(str(tiny_encoder_path), device="cpu"), StudentShape(8, (1,), 2)).save(str(tmp_path / "s"))
+    code = main(["export", "--student", str(tmp_path / "s"), "--teacher", f"st:{tiny_encoder_path}", "--data", str(mcq_file), "--dev-fraction", "0.25", "--no-speed"])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "s" / "onnx" / "model.onnx").is_file() and (tmp_path / "s" / "onnx" / "model_int8.onnx").is_file()
+    assert "onnx: " in out and "onnx_int8: " in out and "against the torch model" in out

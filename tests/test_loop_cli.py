@@ -114,3 +114,30 @@ def test_kv_teachers_reach_the_train_stage(tmp_path):
                           (["--kv-teachers", "a", "--kv-teacher-domains", "x,y"], "one entry per KV teacher")]:
         p = run_loop(*args, cwd=tmp_path)
         assert p.returncode == 2 and message in p.stderr
+
+
+def test_encoder_options_of_the_loop(tmp_path):
+    """--encoder wins; else the run's own distilled encoder (<run>/encoder/student); else minilm."""
+    from agents.context import EnginePool, LoopContext
+    from agents.run_dir import RunDir
+    from agents.stages import generate_inputs, validate_inputs
+    from data.domains import get_domain
+
+    config, _ = parse_config(["--near-dup-metric", "embedding", "--exemplar-choice", "embedding"])
+    ctx = LoopContext(config, RunDir(tmp_path / "run"), get_domain("clinical"), EnginePool())
+    assert ctx.encoder_spec == "minilm"
+    own = tmp_path / "run" / "encoder" / "student"
+    own.mkdir(parents=True)
+    (own / "modules.json").write_text("[]")
+    assert ctx.encoder_spec == str(own)
+    state = {"iteration": 0}
+    assert validate_inputs(ctx, state)[0]["near_dup_metric"] == "embedding" and validate_inputs(ctx, state)[0]["encoder"] == str(own)
+    assert generate_inputs(ctx, state)[0]["exemplar_choice"] == "embedding"
+    config, _ = parse_config(["--encoder", "st:/x"])
+    assert LoopContext(config, RunDir(tmp_path / "run"), get_domain("clinical"), EnginePool()).encoder_spec == "st:/x"
+    plain = LoopContext(parse_config([])[0], RunDir(tmp_path / "run"), get_domain("clinical"), EnginePool())
+    assert "near_dup_metric" not in validate_inputs(plain, state)[0]  # runs made before the option keep their inputs
+    assert "exemplar_choice" not in generate_inputs(plain, state)[0]
+    for args, message in [(["--near-dup-metric", "cosine"], "near_dup_metric must be"), (["--exemplar-choice", "best"], "exemplar_choice must be")]:
+        p = run_loop(*args, cwd=tmp_path)
+        assert p.returncode == 2 and message in p.stderr

@@ -9,8 +9,7 @@ package of the loop (``agents`` depends on ``training``, never the reverse).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from training.lazy import lazy_exports
 
 _EXPORTS = {
     "KDConfig": "training.kd_config",
@@ -25,9 +24,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -8,8 +8,7 @@ registers the student's model class with transformers when it is imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from training.lazy import lazy_exports
 
 _EXPORTS = {
     "EncoderDistillConfig": "training.embedding.config",
@@ -26,9 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'training.embedding' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

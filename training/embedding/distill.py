@@ -27,7 +27,6 @@ from training.embedding.encoders import load_encoder
 from training.embedding.evaluate import (
     EvalRow,
     STEncoder,
-    embed_texts,
     eval_texts,
     evaluate_encoder,
     print_table,
@@ -112,6 +111,3 @@ def distill_encoder(cfg: EncoderDistillConfig) -> DistillResult:
     print(f"student saved to {final}")
     return DistillResult(student, final, reports, tables)
 
-
-def teacher_embeddings(teacher: Any, texts: list[str]) -> dict[str, torch.Tensor]:
-    return embed_texts(STEncoder(teacher), texts)

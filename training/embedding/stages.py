@@ -69,7 +69,9 @@ def stage_options(cfg: EncoderDistillConfig, stage: int, data: EncoderData | Non
     extra = {"stages_before": [s for s in cfg.stage_list if s < stage]}
     if data is not None:
         extra["data_fingerprint"] = data_fingerprint(data)
-    return {k: getattr(cfg, k) for k in keys} | extra
+    options = {k: getattr(cfg, k) for k in keys} | extra
+    options["data"] = [str(Path(d).resolve()) for d in cfg.data]  # the same files named from another folder
+    return options
 
 
 def stage_dataset(stage: int, data: EncoderData, targets: TeacherTargets, pair_targets: str = "both"):

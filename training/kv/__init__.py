@@ -11,8 +11,7 @@ and the token overlaps into the batches.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from training.lazy import lazy_exports
 
 _EXPORTS = {
     "KVAdapter": "training.kv.adapters",
@@ -29,9 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'training.kv' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
