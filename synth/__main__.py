@@ -50,6 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--budget", type=int, default=40, help="items to request, spread over the target nodes (default: 40)")
     gen.add_argument("--allocation", choices=("weakness", "uniform"), default="weakness", help="how the budget is split (default: weakness)")
     gen.add_argument("--exemplars-pool", type=int, default=4, help="seed items drawn per node; each request shows --exemplars-per-item of them (default: 4)")
+    gen.add_argument("--exemplar-choice", choices=("random", "embedding"), default="random", help="random draw from the node (then subtree, siblings), or the node's items nearest in meaning to it, then the nearest others (with --encoder); default: random")
     gen.add_argument("--add-candidates", type=Path, default=None, help="JSONL of items (GeneratedItem fields) that join the batch, e.g. a planted test item")
     val = sub.add_parser("validate", help="run the gates and agents on items you already have")
     val.add_argument("--candidates", type=Path, required=True, help="JSONL of items with GeneratedItem fields (target_node required)")
@@ -172,6 +173,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     return report
 
 
+def _exemplar_embed(args: argparse.Namespace):
+    """The encoder's embed function when exemplars are chosen by meaning, else None."""
+    if getattr(args, "exemplar_choice", "random") != "embedding":
+        return None
+    from synth.validate import encoder_embed
+
+    return encoder_embed(args.encoder)
+
+
 def _plan(args: argparse.Namespace, seed_items: Sequence[MCQItem]) -> dict[str, Any]:
     """Allocation over the weakest nodes, their briefs and exemplars."""
     from synth.targets import node_briefs, node_exemplars
@@ -189,7 +199,7 @@ def _plan(args: argparse.Namespace, seed_items: Sequence[MCQItem]) -> dict[str, 
     return {
         "allocation": allocation,
         "briefs": node_briefs(tree, targets),
-        "exemplars": node_exemplars(tree, seed_items, targets, args.exemplars_pool, args.seed),
+        "exemplars": node_exemplars(tree, seed_items, targets, args.exemplars_pool, args.seed, embed=_exemplar_embed(args)),
     }
 
 

@@ -79,19 +79,15 @@ def run_distill(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_eval(argv: Sequence[str]) -> int:
+def run_eval(argv: Sequence[str], export: bool = False) -> int:
+    from pathlib import Path
+
     from training.embedding.config import EncoderDistillConfig
     from training.embedding.distill import load_data
-    from training.embedding.encoders import load_encoder
-    from training.embedding.evaluate import (
-        STEncoder,
-        embed_texts,
-        eval_texts,
-        evaluate_encoder,
-        print_table,
-    )
+    from training.embedding.encoders import encoder_path, load_encoder
+    from training.embedding.evaluate import STEncoder, embed_texts, eval_texts, evaluate_encoder, print_table
 
-    args = eval_parser().parse_args(argv)
+    args = eval_parser(export).parse_args(argv)
     cfg = EncoderDistillConfig(out="-", data=args.data, domain=args.domain, dev_fraction=args.dev_fraction, stages="3")
     data = load_data(cfg)
     teacher = load_encoder(args.teacher, args.device, args.max_seq_length)

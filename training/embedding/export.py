@@ -3,8 +3,8 @@
 sentence-transformers' own ONNX backend (``export_dynamic_quantized_onnx_model``) needs ``optimum-onnx``,
 whose releases pin transformers < 4.58, which our stack (transformers 5) cannot take. The same two steps are
 done here with the libraries under it: ``torch.onnx.export`` of the whole encoder (transformer, pooling,
-normalisation) as one graph, then ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations
-quantised at run time), the recipe that backend applies on CPUs. Files are written to a temporary
+normalisation) as one graph, then ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, one scale
+per channel, activations quantised at run time), the recipe that backend applies on CPUs. Files are written to a temporary
 name and renamed.
 """
 
@@ -60,13 +60,17 @@ def export_onnx(model: Any, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """int8 dynamic quantisation of an ONNX file (weights int8, activations quantised at run time)."""
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True) -> Path:
+    """int8 dynamic quantisation of an ONNX file (weights int8, activations quantised at run time).
+
+    Per channel by default: one scale per output row. With one scale per tensor (onnxruntime's default)
+    the 2x student lost 0.011 fidelity and the teacher 0.023; per channel the student lost 0.001
+    (docs/embedding.md), at the same size."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
     tmp = _atomic(dst)
-    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
     os.replace(tmp, dst)
     return dst
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +82,9 @@ def compute_targets(teacher: Any, sentences: Sequence[str], batch_size: int = 64
 
 def cached_targets(teacher: Any, sentences: Sequence[str], cache_dir: str | Path, batch_size: int = 64, progress: bool = True) -> TeacherTargets:
     """``compute_targets`` once; later calls with the same teacher and sentences read the cache."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
+
+    from data.records import atomic_write_bytes
 
     sentences = list(sentences)
     key = hashlib.sha256((teacher_identity(teacher) + "\n" + "\n".join(sentences)).encode()).hexdigest()[:20]
@@ -95,7 +96,6 @@ def cached_targets(teacher: Any, sentences: Sequence[str], cache_dir: str | Path
         return TeacherTargets(sentences, tensors["sentence"], tensors["token_mean"])
     targets = compute_targets(teacher, sentences, batch_size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    save_file({"sentence": targets.sentence.contiguous(), "token_mean": targets.token_mean.contiguous()}, str(tmp), metadata={"sentences": str(len(sentences)), "format": json.dumps({"rows": "sentence order"})})
-    os.replace(tmp, file)
+    tensors = {"sentence": targets.sentence.contiguous(), "token_mean": targets.token_mean.contiguous()}
+    atomic_write_bytes(file, save(tensors, metadata={"sentences": str(len(sentences)), "format": json.dumps({"rows": "sentence order"})}))
     return targets
