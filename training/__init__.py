@@ -1,6 +1,6 @@
 """Knowledge-distillation training on TRL: ``KDTrainer`` / ``KDConfig``, pure losses in ``training.losses``,
-sparse teacher logits in ``training.teacher_logits``, KV-cache distillation in ``training.kv`` and
-``training.distill.distill()`` for the loop (not exported here: the name is the submodule's, which any
+sparse teacher logits in ``training.teacher_logits``, KV-cache distillation in ``training.kv``,
+multi-stage sentence-encoder distillation in ``training.embedding`` and ``training.distill.distill()`` for the loop (not exported here: the name is the submodule's, which any
 ``import training.distill`` puts on the package).
 
 Names are imported on first use, so ``import training`` stays cheap and pulls in neither TRL nor any
