@@ -24,7 +24,7 @@ import numpy as np
 from benchmarks.harness import append_rows, print_table
 from data.records import MCQItem, read_items
 from prompts.parse import MCQDraft, parse_completion
-from synth.dedup import embedding_text, rouge_l, similarity_tokens
+from synth.dedup import embedding_text, rouge_l, similarity_tokens, unit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "smollm2_outputs"
@@ -55,10 +55,6 @@ def exemplar_copies() -> list[tuple[str, MCQItem, MCQItem]]:
     return out
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_near_dup", description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", default="minilm", help="sentence encoder spec or folder (default minilm)")
@@ -70,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     embed = encoder_embed(args.encoder)
     pairs = exemplar_copies()
-    gen = unit(np.asarray(embed([embedding_text(g.question, g.options) for _, g, _ in pairs])))
-    ex = unit(np.asarray(embed([embedding_text(e.question, e.options) for _, _, e in pairs])))
+    gen = unit_rows(embed([embedding_text(g.question, g.options) for _, g, _ in pairs]))
+    ex = unit_rows(embed([embedding_text(e.question, e.options) for _, _, e in pairs]))
     cos = (gen * ex).sum(1)
     rouge = np.array([rouge_l(similarity_tokens(g.question, g.options), similarity_tokens(e.question, e.options)) for _, g, e in pairs])
     copies = rouge >= args.rouge
@@ -84,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     caught = int((cos[copies] >= threshold).sum())
 
     seeds = read_items([SEED_POOL])
-    sv = unit(np.asarray(embed([embedding_text(s.question, s.options) for s in seeds])))
+    sv = unit_rows(embed([embedding_text(s.question, s.options) for s in seeds]))
     sim = sv @ sv.T
     iu = np.triu_indices(len(seeds), k=1)
     pair_cos = sim[iu]

@@ -94,6 +94,15 @@ def memoized(embed: Embed, size: int = 256) -> Embed:
     return wrapped
 
 
+def unit_rows(rows: Any) -> Any:
+    """(N, D) embeddings (any array-like) as float32 rows of unit length (a zero row stays zero)."""
+    import numpy as np
+
+    rows = np.asarray(rows, dtype=np.float32)
+    rows = rows.reshape(len(rows), -1)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def embedding_text(question: str, options: Mapping[str, str]) -> str:
     """What the embedding metric encodes: the question, then the option texts in sorted order."""
     return "\n".join([question.strip(), *sorted(t.strip() for t in options.values())])
@@ -162,10 +171,7 @@ class DuplicateIndex:
         return {"rouge_l": "ROUGE-L", "jaccard": f"{self.n}-gram Jaccard", "embedding": "embedding cosine"}[self.metric]
 
     def _unit_rows(self, texts: Sequence[str]) -> Any:
-        import numpy as np
-
-        rows = np.asarray(self.embed(list(texts)), dtype=np.float32).reshape(len(texts), -1)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        return unit_rows(self.embed(list(texts)))
 
     def add(self, item_id: str, question: str, options: Mapping[str, str], _vector: Any = None) -> None:
         self._exact.setdefault(exact_key(question, options), item_id)

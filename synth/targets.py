@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from data.records import MCQItem
-from synth.dedup import Embed, embedding_text
+from synth.dedup import Embed, embedding_text, unit_rows
 from synth.generate import NodeBrief
 
 
@@ -68,18 +68,11 @@ def node_exemplars(tree: Any, seed_items: Sequence[MCQItem], nodes: Iterable[str
 
 
 def _nearest_exemplars(tree: Any, seed_items: Sequence[MCQItem], by_node: dict[str, list[MCQItem]], nodes: list[str], k: int, embed: Embed) -> dict[str, list[MCQItem]]:
-    import numpy as np
-
     items = sorted({i.id: i for i in seed_items}.values(), key=lambda i: i.id)
     if not items or not nodes:
         return {node: [] for node in nodes}
-
-    def unit(texts: list[str]) -> Any:
-        rows = np.asarray(embed(texts), dtype=np.float32).reshape(len(texts), -1)
-        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-
-    item_vecs = unit([embedding_text(i.question, i.options) for i in items])  # (N, D)
-    node_vecs = unit([node_text(tree, n) for n in nodes])  # (M, D)
+    item_vecs = unit_rows(embed([embedding_text(i.question, i.options) for i in items]))  # (N, D)
+    node_vecs = unit_rows(embed([node_text(tree, n) for n in nodes]))  # (M, D)
     row = {i.id: r for r, i in enumerate(items)}
     out = {}
     for m, node in enumerate(nodes):
