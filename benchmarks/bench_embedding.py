@@ -76,6 +76,7 @@ class Bench:
         d = {"benchmark": "embedding", "group": group, **asdict(row), "teacher_parameters": self.teacher_row.parameters, **extra}
         d["param_fraction"] = round(row.parameters / self.teacher_row.parameters, 4) if row.parameters else None
         self.rows.append(d)
+        append_rows("embedding", [d])  # at once: a run killed later keeps the rows it measured
         print(f"  {row.name}: fidelity {row.fidelity:.4f}, MSE x100 {row.mse_x100:.4f}, recall@1 {row.recall_at_1:.3f}, "
               f"{(row.parameters or 0) / 1e6:.2f}M params, {row.sentences_per_s or 0:.0f} sent/s ({row.speedup or 0:.2f}x)", flush=True)
         return d
@@ -246,7 +247,9 @@ def group_seeds(bench: Bench) -> None:
     converged = sum(abs(f - med) <= 0.02 for f in fids)
     sd = statistics.stdev(fids) if len(fids) > 1 else 0.0
     print(f"ours 2x over {n} seeds: fidelity {statistics.mean(fids):.4f} ± {sd:.4f} (min {min(fids):.4f}, max {max(fids):.4f}); converged {converged}/{n}")
-    bench.rows.append({"benchmark": "embedding", "group": "seeds-summary", "name": f"ours 2x, {n} seeds", "fidelity": round(statistics.mean(fids), 4), "fidelity_std": round(sd, 4), "converged": converged, "seeds": n})
+    summary = {"benchmark": "embedding", "group": "seeds-summary", "name": f"ours 2x, {n} seeds", "fidelity": round(statistics.mean(fids), 4), "fidelity_std": round(sd, 4), "converged": converged, "seeds": n}
+    bench.rows.append(summary)
+    append_rows("embedding", [summary])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.record("teacher", bench.teacher_row)
     for g in groups:
         {"main": group_main, "ablations": group_ablations, "baselines": group_baselines, "seeds": group_seeds}[g](bench)
-        print(f"rows appended to {append_rows('embedding', bench.rows)}", flush=True)
+        print(f"group {g}: {len(bench.rows)} rows appended to benchmarks/results/embedding.csv", flush=True)
         bench.rows.clear()
     return 0
 
