@@ -1,4 +1,4 @@
-"""``python -m training.embedding {distill,eval,export}``: multi-stage distillation of a sentence encoder.
+r"""``python -m training.embedding {distill,eval,export}``: multi-stage distillation of a sentence encoder.
 
     python -m training.embedding distill --teacher minilm --stages 2,3,4 --bottleneck 128 --keep 3 \
         --repeat 1 --loss mcl --data ../shared/data/clinical/medmcqa_dev.jsonl --out runs/enc
