@@ -68,7 +68,7 @@ class Bench:
         targets = cached_targets(self.teacher, list(dict.fromkeys([*self.data.train_sentences, *self.texts])), self.work / "cache", progress=False)
         self.teacher_embed = dict(zip(self.texts, targets.sentence_of(self.texts)))
         self.speed_texts = self.texts[: args.speed_sentences]
-        self.teacher_row = evaluate_encoder("teacher all-MiniLM-L6-v2", STEncoder(self.teacher), self.teacher_embed, self.data.dev_pairs, self.data.dev_items, model=self.teacher, speed_texts=self.speed_texts)
+        self.teacher_row = evaluate_encoder("teacher all-MiniLM-L6-v2", STEncoder(self.teacher), self.teacher_embed, self.data.dev_pairs, self.data.dev_items, model=self.teacher, speed_texts=self.speed_texts, embed=self.teacher_embed)
         self.rows: list[dict[str, Any]] = []
         print("data: " + ", ".join(f"{k} {v}" for k, v in self.data.summary().items()))
 

@@ -167,3 +167,29 @@ def test_cli_export_writes_onnx_and_measures_it_again(tiny_encoder_path, mcq_fil
     out = capsys.readouterr().out
     assert code == 0 and (tmp_path / "s" / "onnx" / "model.onnx").is_file() and (tmp_path / "s" / "onnx" / "model_int8.onnx").is_file()
     assert "onnx: " in out and "onnx_int8: " in out and "against the torch model" in out
+
+
+def test_extra_sentences_are_trained_on_and_checked(tiny_encoder_path, mcq_file, tmp_path, capsys):
+    from training.embedding.cli import main
+    from training.embedding.distill import load_data
+
+    extra = tmp_path / "more.txt"
+    extra.write_text("The deltoid is supplied by the axillary nerve.\nAspirin inhibits cyclooxygenase.\n", encoding="utf-8")
+    data = load_data(tiny_config(tmp_path / "o", tiny_encoder_path, mcq_file, sentences=str(extra)))
+    assert "Aspirin inhibits cyclooxygenase." in data.train_sentences
+    extra.write_text("one\n\nthree\n", encoding="utf-8")
+    code = main(["distill", "--out", str(tmp_path / "o"), "--teacher", f"st:{tiny_encoder_path}", "--data", str(mcq_file), "--sentences", str(extra), "--device", "cpu"])
+    assert code == 2 and capsys.readouterr().err.strip().endswith(f"error: {extra}:2: empty sentence")
+
+
+def test_cli_config_file_and_command_line_precedence(tmp_path, capsys):
+    """--config YAML sets options, the command line wins, an unknown key is refused in one line."""
+    from training.embedding.cli import distill_parser, main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"out: {tmp_path / 'o'}\nbottleneck: 64\nkeep: 2\n", encoding="utf-8")
+    (cfg,) = distill_parser().parse_args_and_config(["--config", str(recipe), "--keep", "1"])
+    assert (cfg.bottleneck, cfg.keep, cfg.out) == (64, 1, str(tmp_path / "o"))
+    recipe.write_text(f"out: {tmp_path / 'o'}\ncolour: red\n", encoding="utf-8")
+    assert main(["distill", "--config", str(recipe)]) == 2
+    assert "colour" in capsys.readouterr().err

@@ -33,11 +33,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def distill_parser():
-    from transformers import HfArgumentParser
+    """TRL's parser (as ``python -m training.distill`` uses): every config field, and ``--config FILE.yaml``
+    with command-line values winning over the file's."""
+    from trl import TrlParser
 
     from training.embedding.config import EncoderDistillConfig
 
-    return HfArgumentParser(EncoderDistillConfig, prog="python -m training.embedding distill", description="Multi-stage distillation of a sentence encoder (bottleneck, recurrence, pairs).")
+    return TrlParser(EncoderDistillConfig, prog="python -m training.embedding distill", description="Multi-stage distillation of a sentence encoder (bottleneck, recurrence, pairs).")
 
 
 def eval_parser(export: bool = False) -> argparse.ArgumentParser:
@@ -59,22 +61,13 @@ def eval_parser(export: bool = False) -> argparse.ArgumentParser:
 
 
 def run_distill(argv: Sequence[str]) -> int:
-    from training.embedding.config import EncoderDistillConfig
     from training.embedding.distill import distill_encoder
+    from training.embedding.errors import EmbeddingSetupError
 
-    parser = distill_parser()
-    argv = list(argv)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise _usage("--config needs a YAML file")
-        (cfg,) = parser.parse_yaml_file(argv[i + 1])
-        overrides = argv[:i] + argv[i + 2 :]
-        if overrides:
-            raise _usage("--config takes no other options; put them in the YAML file")
-    else:
-        (cfg,) = parser.parse_args_into_dataclasses(argv)
-    assert isinstance(cfg, EncoderDistillConfig)
+    try:
+        (cfg,) = distill_parser().parse_args_and_config(list(argv))
+    except ValueError as e:  # TRL's refusal of unknown keys in a --config file, our own range checks
+        raise EmbeddingSetupError(str(e)) from None
     distill_encoder(cfg)
     return 0
 
@@ -94,7 +87,7 @@ def run_eval(argv: Sequence[str], export: bool = False) -> int:
     texts = eval_texts(data.dev_pairs, data.dev_items)
     teacher_embed = embed_texts(STEncoder(teacher), texts)
     speed_texts = None if args.no_speed else texts[:512]
-    rows = [evaluate_encoder(f"teacher ({args.teacher})", STEncoder(teacher), teacher_embed, data.dev_pairs, data.dev_items, model=teacher, speed_texts=speed_texts)]
+    rows = [evaluate_encoder(f"teacher ({args.teacher})", STEncoder(teacher), teacher_embed, data.dev_pairs, data.dev_items, model=teacher, speed_texts=speed_texts, embed=teacher_embed)]
     for spec in [args.student] if export else args.student:
         model = load_encoder(spec, args.device, args.max_seq_length)
         rows.append(evaluate_encoder(spec, STEncoder(model), teacher_embed, data.dev_pairs, data.dev_items, model=model, speed_texts=speed_texts, teacher_speed=rows[0].sentences_per_s))
@@ -110,14 +103,6 @@ def run_eval(argv: Sequence[str], export: bool = False) -> int:
     return 0
 
 
-class _Usage(Exception):
-    pass
-
-
-def _usage(msg: str) -> _Usage:
-    return _Usage(msg)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -130,6 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     try:
         return run_distill(rest) if command == "distill" else run_eval(rest, export=command == "export")
-    except (_Usage, *_user_errors()) as e:
+    except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

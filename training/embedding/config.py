@@ -18,6 +18,7 @@ class EncoderDistillConfig:
     teacher: str = field(default="minilm", metadata={"help": "Teacher: minilm (the embedded all-MiniLM-L6-v2), st:<folder>, or a sentence-transformers folder."})
     data: list[str] = field(default_factory=list, metadata={"help": "MCQ JSONL files (questions and options are the sentences). Default: the --domain pool."})
     domain: str = field(default="clinical", metadata={"help": "Domain whose seed pool is the data when --data is not given."})
+    sentences: str | None = field(default=None, metadata={"help": "Plain text file of more in-domain sentences, one per line, trained on in stages 2 and 3 beside the items' texts (held-out questions are removed from it)."})
     pairs: str | None = field(default=None, metadata={"help": "Parallel file for stage 4 (source TAB target per line). Default: in-domain pairs (question <-> key option)."})
     stages: str = field(default="2,3,4", metadata={"help": "Stages to run, comma-separated, from 2 (bottleneck), 3 (recurrence), 4 (pairs)."})
     bottleneck: int = field(default=128, metadata={"help": "Bottleneck embedding size E (0: keep the teacher's full word-embedding table)."})

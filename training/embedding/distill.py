@@ -22,6 +22,7 @@ from training.embedding.data import (
     build_data,
     read_mcq_files,
     read_pairs_tsv,
+    read_sentences,
 )
 from training.embedding.encoders import load_encoder
 from training.embedding.evaluate import (
@@ -31,7 +32,7 @@ from training.embedding.evaluate import (
     evaluate_encoder,
     print_table,
 )
-from training.embedding.stages import StageReport, train_stage
+from training.embedding.stages import STAGE_FILE, StageReport, train_stage
 from training.embedding.student import StudentShape, build_student, evenly_spaced
 from training.embedding.targets import TeacherTargets, cached_targets
 
@@ -47,7 +48,8 @@ class DistillResult:
 
 
 def load_data(cfg: EncoderDistillConfig) -> EncoderData:
-    """The config's items (``--data`` or the domain's seed pool) and pairs, split into train and held-out."""
+    """The config's items (``--data`` or the domain's seed pool), extra sentences and pairs, split into
+    train and held-out."""
     from data.domains import get_domain
     from data.records import DataError
 
@@ -61,7 +63,8 @@ def load_data(cfg: EncoderDistillConfig) -> EncoderData:
 
             raise EmbeddingDataError(str(e)) from None
     pairs = read_pairs_tsv(cfg.pairs) if cfg.pairs else None
-    return build_data(items, pairs, cfg.dev_fraction, seed=cfg.seed)
+    extra = read_sentences(cfg.sentences) if cfg.sentences else ()
+    return build_data(items, pairs, cfg.dev_fraction, extra_sentences=extra, seed=cfg.seed)
 
 
 def student_shape(cfg: EncoderDistillConfig, teacher_layers: int) -> StudentShape:
@@ -85,7 +88,7 @@ def distill_encoder(cfg: EncoderDistillConfig) -> DistillResult:
     everything = list(dict.fromkeys([*data.train_sentences, *dev_texts]))
     targets: TeacherTargets = cached_targets(teacher, everything, cfg.cache_dir or out / "cache", progress=cfg.progress)
     teacher_embed = dict(zip(dev_texts, targets.sentence_of(dev_texts)))
-    teacher_row = evaluate_encoder(f"teacher ({cfg.teacher})", STEncoder(teacher), teacher_embed, data.dev_pairs, data.dev_items, model=teacher)
+    teacher_row = evaluate_encoder(f"teacher ({cfg.teacher})", STEncoder(teacher), teacher_embed, data.dev_pairs, data.dev_items, model=teacher, embed=teacher_embed)
 
     shape = student_shape(cfg, teacher[0].auto_model.config.num_hidden_layers)
     student = build_student(teacher, shape)
@@ -103,8 +106,8 @@ def distill_encoder(cfg: EncoderDistillConfig) -> DistillResult:
     tmp = out / ".student.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    student.save(str(tmp))
-    (tmp / "distill.json").write_text(json.dumps({"options": {k: v for k, v in vars(cfg).items()}, "shape": asdict(shape), "stages": [asdict(r) for r in reports]}, indent=2, default=str), encoding="utf-8")
+    shutil.copytree(reports[-1].folder, tmp, ignore=shutil.ignore_patterns(STAGE_FILE))  # the last stage, as saved
+    (tmp / "distill.json").write_text(json.dumps({"options": vars(cfg), "shape": asdict(shape), "stages": [asdict(r) for r in reports]}, indent=2, default=str), encoding="utf-8")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -109,10 +107,15 @@ def throughput(encoder: Encoder, texts: Sequence[str], batch_size: int = 32, rou
 
 
 def weights_bytes(model: Any) -> int:
-    """Bytes of the model's weight files as saved (safetensors), the size a user downloads."""
-    with tempfile.TemporaryDirectory(prefix="atkd-size-") as tmp:
-        model.save(tmp)
-        return sum(p.stat().st_size for p in Path(tmp).rglob("*.safetensors"))
+    """Bytes of the model's weights as its safetensors files hold them (each tensor once; the small JSON
+    header aside), counted in memory instead of writing the folder out for every row."""
+    seen: set[int] = set()
+    total = 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
 
 
 @dataclass
@@ -139,11 +142,13 @@ class EvalRow:
 HEADERS = ["model", "fidelity", "MSE x100", "recall@1", "params (M)", "size (MB)", "layer apps", "sent/s", "speed-up"]
 
 
-def evaluate_encoder(name: str, encoder: Encoder, teacher_embed: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]], items: Sequence[MCQItem], model: Any = None, speed_texts: Sequence[str] | None = None, size_bytes: int | None = None, teacher_speed: float | None = None) -> EvalRow:
-    """Figures of one encoder against the teacher's embeddings of the same texts."""
+def evaluate_encoder(name: str, encoder: Encoder, teacher_embed: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]], items: Sequence[MCQItem], model: Any = None, speed_texts: Sequence[str] | None = None, size_bytes: int | None = None, teacher_speed: float | None = None, embed: dict[str, torch.Tensor] | None = None) -> EvalRow:
+    """Figures of one encoder against the teacher's embeddings of the same texts. ``embed``: the encoder's
+    embeddings of those texts when they are already at hand (the teacher's own row), not encoded again."""
     from training.embedding.student import count_parameters, layer_applications
 
-    embed = embed_texts(encoder, list(teacher_embed))
+    if embed is None:
+        embed = embed_texts(encoder, list(teacher_embed))
     speed = throughput(encoder, speed_texts) if speed_texts else None
     params = count_parameters(model) if model is not None else None
     apps = None

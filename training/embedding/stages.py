@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from training.embedding.config import EncoderDistillConfig
 from training.embedding.data import EncoderData
@@ -64,7 +65,7 @@ def data_fingerprint(data: EncoderData) -> str:
 
 def stage_options(cfg: EncoderDistillConfig, stage: int, data: EncoderData | None = None) -> dict[str, Any]:
     """The options a finished stage depends on (a change in any of them means training it again)."""
-    keys = ["teacher", "bottleneck", "keep", "layers", "repeat", "batch_size", "max_seq_length", "dev_fraction", "seed", "data", "domain"]
+    keys = ["teacher", "bottleneck", "keep", "layers", "repeat", "batch_size", "max_seq_length", "dev_fraction", "seed", "data", "domain", "sentences"]
     keys += {2: ["stage2_epochs", "stage2_learning_rate"], 3: ["stage3_epochs", "learning_rate"], 4: ["stage4_epochs", "learning_rate", "loss", "scale", "ce_weight", "pairs", "pair_targets"]}[stage]
     extra = {"stages_before": [s for s in cfg.stage_list if s < stage]}
     if data is not None:
@@ -100,23 +101,15 @@ def stage_loss(stage: int, model: Any, cfg: EncoderDistillConfig) -> torch.nn.Mo
     return PairDistillLoss(model, cfg.loss, cfg.scale, cfg.ce_weight)
 
 
-class _LossLog:
-    """First and last logged training loss of a stage (a TrainerCallback without the import at module level)."""
+class LossLog(TrainerCallback):
+    """Keeps the training losses the trainer logs (a stage's report gives the first and the last)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def callback(self):
-        from transformers import TrainerCallback
-
-        log = self
-
-        class _Callback(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    log.losses.append(float(logs["loss"]))
-
-        return _Callback()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
 
 
 def _device(cfg: EncoderDistillConfig) -> str:
@@ -140,8 +133,9 @@ def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTarge
     done = folder / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        if saved.get("options") != json.loads(json.dumps(options)):
-            changed = sorted(k for k in options if saved.get("options", {}).get(k) != json.loads(json.dumps(options))[k])
+        wanted = json.loads(json.dumps(options))  # as stored: tuples are lists
+        if saved.get("options") != wanted:
+            changed = sorted(k for k in wanted if saved.get("options", {}).get(k) != wanted[k])
             raise EmbeddingSetupError(f"{folder} was trained with other options ({', '.join(changed)}); choose another --out to keep it")
         logger.info("stage %d (%s) is finished in %s: loading it", stage, STAGE_NAMES[stage], folder)
         loaded = SentenceTransformer(str(folder), device=_device(cfg))
@@ -182,8 +176,8 @@ def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTarge
         fp16=False,
         dataloader_num_workers=0,
     )
-    log = _LossLog()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[log.callback()])
+    log = LossLog()
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[log])
     resume = any(work.glob("checkpoint-*")) if work.is_dir() else False
     if resume:
         logger.info("stage %d resumes from the last checkpoint in %s", stage, work)
