@@ -193,3 +193,12 @@ def test_cli_config_file_and_command_line_precedence(tmp_path, capsys):
     recipe.write_text(f"out: {tmp_path / 'o'}\ncolour: red\n", encoding="utf-8")
     assert main(["distill", "--config", str(recipe)]) == 2
     assert "colour" in capsys.readouterr().err
+
+
+def test_changed_options_names_every_difference_and_accepts_an_option_added_since():
+    from training.embedding.stages import changed_options
+
+    saved = {"seed": 0, "repeat": 1, "dropped": 3}
+    assert changed_options(saved, {"seed": 0, "repeat": 1, "dropped": 3, "sentences": None}) == []  # added later, unset
+    assert changed_options(saved, {"seed": 0, "repeat": 2, "dropped": 3, "sentences": "s.txt"}) == ["repeat", "sentences"]
+    assert changed_options(saved, {"seed": 0, "repeat": 1}) == ["dropped"]  # gone now: not the same stage either

@@ -75,6 +75,14 @@ def stage_options(cfg: EncoderDistillConfig, stage: int, data: EncoderData | Non
     return options
 
 
+def changed_options(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The option names whose values differ. An option missing from an older stage.json counts as
+    unchanged when it is unset now (None): it did not exist then, and unset it changes nothing."""
+    missing = object()
+    keys = set(saved) | {k for k, v in wanted.items() if not (v is None and k not in saved)}
+    return sorted(k for k in keys if saved.get(k, missing) != wanted.get(k, missing))
+
+
 def stage_dataset(stage: int, data: EncoderData, targets: TeacherTargets, pair_targets: str = "both"):
     """The stage's rows: text column(s) and the teacher target as ``label`` (stage 4: the source's, or
     the source's and the target's with ``pair_targets="both"``)."""
@@ -133,9 +141,8 @@ def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTarge
     done = folder / STAGE_FILE
     if done.is_file():
         saved = json.loads(done.read_text(encoding="utf-8"))
-        wanted = json.loads(json.dumps(options))  # as stored: tuples are lists
-        if saved.get("options") != wanted:
-            changed = sorted(k for k in wanted if saved.get("options", {}).get(k) != wanted[k])
+        changed = changed_options(saved.get("options", {}), json.loads(json.dumps(options)))  # as stored: tuples are lists
+        if changed:
             raise EmbeddingSetupError(f"{folder} was trained with other options ({', '.join(changed)}); choose another --out to keep it")
         logger.info("stage %d (%s) is finished in %s: loading it", stage, STAGE_NAMES[stage], folder)
         loaded = SentenceTransformer(str(folder), device=_device(cfg))
