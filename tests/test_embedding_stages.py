@@ -76,6 +76,13 @@ def test_three_stages_train_save_and_resume(tiny_encoder_path, mcq_file, tmp_pat
     assert all(r.resumed for r in again.reports)
     assert [r.steps for r in again.reports] == [r.steps for r in result.reports]
 
+    # A run folder moved elsewhere resumes from where it is now, not from the path its stage.json recorded.
+    weights = (tmp_path / "run" / "student" / "model.safetensors").read_bytes()
+    (tmp_path / "run").rename(tmp_path / "moved")
+    moved = distill_encoder(tiny_config(tmp_path / "moved", tiny_encoder_path, mcq_file))
+    assert all(r.resumed and Path(r.folder).parent == tmp_path / "moved" for r in moved.reports)
+    assert (tmp_path / "moved" / "student" / "model.safetensors").read_bytes() == weights
+
 
 def test_a_finished_stage_trained_otherwise_is_not_overwritten(tiny_encoder_path, mcq_file, tmp_path):
     from training.embedding.distill import distill_encoder

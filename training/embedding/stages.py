@@ -146,7 +146,7 @@ def train_stage(model: Any, stage: int, data: EncoderData, targets: TeacherTarge
             raise EmbeddingSetupError(f"{folder} was trained with other options ({', '.join(changed)}); choose another --out to keep it")
         logger.info("stage %d (%s) is finished in %s: loading it", stage, STAGE_NAMES[stage], folder)
         loaded = SentenceTransformer(str(folder), device=_device(cfg))
-        return loaded, StageReport(**(saved["report"] | {"resumed": True}))
+        return loaded, StageReport(**(saved["report"] | {"folder": str(folder), "resumed": True}))  # where it is now: the run may have been moved
 
     dataset = stage_dataset(stage, data, targets, cfg.resolved_pair_targets(data))
     loss = stage_loss(stage, model, cfg)
