@@ -19,7 +19,9 @@ throughput on this machine (batch 32) with the speed-up over the teacher. Groups
   the median).
 
 Each trained model lives in --work (default ~/.cache/atkd/bench_embedding/<row>), so a killed run
-goes on where it stopped. Rows are appended to benchmarks/results/embedding.csv.
+goes on where it stopped. A variant copies the leading stages it shares with its plain row (same
+options, same data: a loss ablation trains stage 4 only; bottleneck off starts from layer drop's 3
+layers, so run the baselines group first); its train_seconds still count the copied stages. Rows are appended to benchmarks/results/embedding.csv.
 """
 
 from __future__ import annotations
@@ -86,23 +88,53 @@ class Bench:
 
         return evaluate_encoder(name, encoder or STEncoder(model), self.teacher_embed, self.data.dev_pairs, self.data.dev_items, model=model, speed_texts=self.speed_texts, size_bytes=size_bytes, teacher_speed=self.teacher_row.sentences_per_s)
 
-    def train(self, row: str, **options: Any) -> tuple[Any, float]:
-        """Our pipeline with ``options`` into work/<row> (finished stages are reused); model and seconds."""
+    def train(self, row: str, reuse: str | None = None, **options: Any) -> tuple[Any, float]:
+        """Our pipeline with ``options`` into work/<row> (finished stages are reused); model and the
+        training seconds of every stage, those copied from ``reuse`` included."""
         from training.embedding.config import EncoderDistillConfig
         from training.embedding.distill import distill_encoder
         from training.embedding.encoders import load_encoder
 
         start = time.perf_counter()
         cfg = EncoderDistillConfig(out=str(self.work / row), **(self.base | options))
+        if reuse:
+            self.copy_shared_stages(cfg, self.work / reuse)
         result = distill_encoder(cfg)
         seconds = sum(r.seconds for r in result.reports) or time.perf_counter() - start
         # Measured as a user gets it: loaded from its folder, in eval mode, untouched by the trainer.
         return load_encoder(str(result.folder), "cpu", cfg.max_seq_length), seconds
 
 
+    def copy_shared_stages(self, cfg: Any, source: Path) -> None:
+        """Copy into ``cfg.out`` the leading stages that ``source`` finished with the very options ``cfg``
+        gives them (an ablation that changes only stage 4 starts from the main row's stage 3). The first
+        stage that differs stops the copy: every later one was trained on top of it. The pipeline checks
+        each copied stage's options again when it loads it."""
+        import json
+
+        from training.embedding.stages import STAGE_FILE, changed_options, stage_options
+
+        for stage in cfg.stage_list:
+            src, dst = source / f"stage{stage}", Path(cfg.out) / f"stage{stage}"
+            if dst.exists():
+                continue
+            if not (src / STAGE_FILE).is_file():
+                return
+            saved = json.loads((src / STAGE_FILE).read_text(encoding="utf-8"))["options"]
+            if changed_options(saved, json.loads(json.dumps(stage_options(cfg, stage, self.data)))):
+                return
+            tmp = dst.with_name(dst.name + ".copy")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            tmp.rename(dst)
+            print(f"  stage {stage}: the same as {src}, copied", flush=True)
+
+
 def ours(bench: Bench, label: str, seed: int = 0, **options: Any) -> tuple[Any, float]:
+    """Our pipeline at ``label``'s shape; a variant reuses the stages it shares with the plain row."""
     e, k = SHAPES[label]
-    return bench.train(f"ours-{label}-{'-'.join(f'{a}{b}' for a, b in sorted(options.items()))}-s{seed}", bottleneck=e, keep=k, seed=seed, **options)
+    reuse = f"ours-{label}--s{seed}" if options else None
+    return bench.train(f"ours-{label}-{'-'.join(f'{a}{b}' for a, b in sorted(options.items()))}-s{seed}", reuse=reuse, bottleneck=e, keep=k, seed=seed, **options)
 
 
 def group_main(bench: Bench) -> None:
@@ -125,7 +157,7 @@ def group_ablations(bench: Bench) -> None:
     for name, options in variants:
         model, secs = ours(bench, "2x", **options)
         bench.record("ablations", bench.evaluate(f"ours 2x, {name}", model), train_seconds=secs, shape="2x")
-    model, secs = bench.train("ours-nobottleneck-k3-s0", bottleneck=0, keep=3, stages="3,4")
+    model, secs = bench.train("ours-nobottleneck-k3-s0", reuse="layerdrop-k3-s0", bottleneck=0, keep=3, stages="3,4")
     bench.record("ablations", bench.evaluate("ours, bottleneck off (3 layers; 76% of the parameters)", model), train_seconds=secs, shape="1.3x")
 
 
