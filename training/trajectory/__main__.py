@@ -1,0 +1,3 @@
+from training.trajectory.cli import main
+
+raise SystemExit(main())
