@@ -141,6 +141,22 @@ class KDConfig(SFTConfig):
         default_factory=lambda: ["self_attn.q_proj", "self_attn.o_proj"],
         metadata={"help": "Modules of each decoder layer whose weights are matched (attention query and output by default)."},
     )
+    trajectory_checkpoints: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Route-constrained distillation (training.trajectory.route): the teacher's own fine-tuning checkpoints, "
+            "in training order (folders of causal LMs with the student's tokenizer). The student's projected hidden states "
+            "are pulled to the anchor of the current training stage. Off when unset.",
+        },
+    )
+    trajectory_loss_weight: float = field(
+        default=0.3,
+        metadata={"help": "Weight of the trajectory term (the seed's 0.3); used only with trajectory_checkpoints."},
+    )
+    trajectory_points: int = field(
+        default=3,
+        metadata={"help": "Anchors spread evenly over trajectory_checkpoints (the last is the final one); the seed used 3."},
+    )
     kv_teachers: list[str] | None = field(
         default=None,
         metadata={
@@ -297,6 +313,8 @@ class KDConfig(SFTConfig):
                 not (self.logits_dir and (self.hidden_loss_weight > 0 or self.weight_match_weight > 0)),
                 "hidden_loss_weight / weight_match_weight need an online teacher_model, not stored logits_dir",
             ),
+            (self.trajectory_loss_weight >= 0, f"trajectory_loss_weight must be >= 0, got {self.trajectory_loss_weight}"),
+            (self.trajectory_points >= 1, f"trajectory_points must be >= 1, got {self.trajectory_points}"),
             (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
             (not (self.teacher_model and self.logits_dir), "set teacher_model (online) or logits_dir (offline), not both"),
             (not (self.logits_dir and self.top_k == 0), "top_k=0 (full teacher distribution) needs an online teacher_model"),

@@ -264,8 +264,9 @@ class KDTrainer(SFTTrainer):
     def _configured_objectives(self, student: PreTrainedModel) -> list[Objective]:
         """The built-in objectives switched on by KDConfig weights."""
         args, found = self.args, []
+        routed = bool(args.trajectory_checkpoints) and args.trajectory_loss_weight > 0
         if args.hidden_loss_weight == 0 and args.weight_match_weight == 0:
-            return found
+            return self._trajectory_objective(student, None) if routed else found
         if self.teacher_model is None:
             raise ValueError("hidden_loss_weight / weight_match_weight need an online teacher_model")
         teacher = _core(self.accelerator.unwrap_model(self.teacher_model))
@@ -282,7 +283,22 @@ class KDTrainer(SFTTrainer):
                     weight=args.weight_match_weight,
                 )
             )
+        if routed:
+            found += self._trajectory_objective(student, found[0] if args.hidden_loss_weight > 0 else None)
         return found
+
+    def _trajectory_objective(self, student: PreTrainedModel, hidden: HiddenStateObjective | None) -> list[Objective]:
+        """Route-constrained distillation to the teacher's checkpoints; shares the hidden-state
+        objective's projections when that objective is on."""
+        from training.trajectory.route import TrajectoryObjective, TrajectoryProgress, load_anchors
+
+        args = self.args
+        anchors = [a.to(args.device) for a in load_anchors(args.trajectory_checkpoints, args.trajectory_points, student)]
+        if hidden is None:
+            hidden = HiddenStateObjective.from_models(student, anchors[-1], args.hidden_layer_map, weight=1.0, loss_type=args.hidden_loss_type)
+        objective = TrajectoryObjective(anchors, hidden, weight=args.trajectory_loss_weight, share_projection=args.hidden_loss_weight > 0)
+        self.add_callback(TrajectoryProgress(objective))
+        return [objective]
 
     def _setup_objectives(self) -> None:
         names = [o.name for o in self.objectives]
