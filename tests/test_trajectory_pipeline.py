@@ -18,7 +18,7 @@ from training.trajectory.errors import TrajectoryDataError, TrajectorySetupError
 torch.set_num_threads(1)
 
 KEYS = [["apple", "banana", "cherry"], ["river", "ocean", "lake"], ["red", "blue", "green"], ["dog", "cat", "horse"]]
-NOISE = "the of and to in is was for on with as by at from his her they this that which are were be have had one all there their would what about when more time".split()
+NOISE = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "with", "as", "by", "at", "from", "his", "her", "they", "this", "that", "which", "are", "were", "be", "have", "had", "one", "all", "there", "their", "would", "what", "about", "when", "more", "time"]
 
 
 def toy_rows(n: int, seed: int) -> list[dict]:
@@ -83,7 +83,11 @@ def test_bad_rows_name_the_file_and_line(tmp_path):
 
 def test_the_clinical_benchmarks_are_built_from_the_shipped_items(tmp_path):
     from training.trajectory.cli import SHIPPED
-    from training.trajectory.data import benchmark_rows, read_text_jsonl, write_benchmark
+    from training.trajectory.data import (
+        benchmark_rows,
+        read_text_jsonl,
+        write_benchmark,
+    )
 
     files = [SHIPPED / "seed.jsonl", SHIPPED / "eval.jsonl"]
     rows = benchmark_rows("clinical-source", files)
@@ -156,7 +160,7 @@ def test_initialisers_give_the_set_its_shape_and_pca_keeps_the_variance(toy, exp
     torch.testing.assert_close(real.embeds, experts.setup.embedder.table[ids])  # real rows are the table's rows
 
     x = torch.randn(200, 5, dtype=torch.float64) * torch.tensor([5.0, 3.0, 1.0, 0.5, 0.1], dtype=torch.float64)
-    mean, comps, var, kept = pca(x, 0.9)
+    _, comps, var, kept = pca(x, 0.9)
     total = float(((x - x.mean(0)) ** 2).sum() / 199)
     assert kept >= 0.9 and float(var.sum()) / total == pytest.approx(kept)
     assert float(var[:-1].sum()) / total < 0.9  # the fewest components that reach it
