@@ -96,6 +96,10 @@ def test_the_clinical_benchmarks_are_built_from_the_shipped_items(tmp_path):
     assert subjects and all(r["id"].startswith("mmlu-") for r in subjects) and len({r["label"] for r in subjects}) >= 5
     paths = write_benchmark("clinical-source", files, tmp_path / "b")
     train, test = read_text_jsonl(paths["train"]), read_text_jsonl(paths["test"])
+    from training.trajectory.data import split
+
+    parts = split(train, 0.1, 0.0)  # as `experts --test` splits the benchmark's train file
+    assert 0.05 * len(train) < len(parts["val"]) < 0.15 * len(train) and not parts["test"].texts
     assert len(train) + len(test) == len(rows) and not set(train.texts) & set(test.texts)
     assert json.loads((tmp_path / "b" / "benchmark.json").read_text())["rows"] == {"train": len(train), "test": len(test)}
 
@@ -132,12 +136,15 @@ def test_a_killed_expert_resumes_to_the_same_trajectory(toy, experts_dir, tmp_pa
     shutil.copytree(experts_dir, out)
     for p in (out / "expert_1").glob("epoch_00[4-6].safetensors"):
         p.unlink()
-    (out / "expert_1" / "trajectory.json").unlink()  # as if killed after epoch 3
+    (out / "expert_1" / "trajectory.json").unlink()  # as if killed after epoch 3, before partial.json was written
     train_experts(experts_config(toy, out))
     for e in range(7):
         a, b = load_file(str(out / "expert_1" / f"epoch_{e:03d}.safetensors")), load_file(str(experts_dir / "expert_1" / f"epoch_{e:03d}.safetensors"))
         for n in a:
             torch.testing.assert_close(a[n], b[n])
+    resumed, whole = (json.loads((d / "expert_1" / "trajectory.json").read_text()) for d in (out, experts_dir))
+    assert resumed["val_accuracy"] == pytest.approx(whole["val_accuracy"]) and resumed["test_accuracy"] == pytest.approx(whole["test_accuracy"])
+    assert len(resumed["train_loss"]) == 7 and resumed["train_loss"][4:] == pytest.approx(whole["train_loss"][4:])
     with pytest.raises(TrajectorySetupError, match="other settings .*learning_rate"):
         train_experts(experts_config(toy, out, learning_rate=0.1))
 
@@ -155,6 +162,12 @@ def test_initialisers_give_the_set_its_shape_and_pca_keeps_the_variance(toy, exp
         got = initial_set(TTMConfig(experts=str(experts_dir), out="-", per_class=3, init=init), experts)
         assert got.embeds.shape == (12, 12, 32) and got.classes.tolist() == [c for c in range(4) for _ in range(3)]
         assert torch.isfinite(got.embeds).all()
+    noise = initial_set(TTMConfig(experts=str(experts_dir), out="-", per_class=50, init="noise"), experts).embeds.flatten(0, 1)  # (rows x positions, H)
+    table = experts.setup.embedder.table
+    torch.testing.assert_close(noise.mean(0), table.mean(0), atol=4 * float(table.std(0).max()) / 40, rtol=0)  # 2400 draws per dimension
+    torch.testing.assert_close(noise.std(0), table.std(0), rtol=0.1, atol=0)
+    manifold = initial_set(TTMConfig(experts=str(experts_dir), out="-", per_class=3, init="manifold", pca_variance=0.8), experts)
+    assert all(c["variance_kept"] >= 0.8 and c["components"] < c["rows"] for c in manifold.info["pca"])
     real = initial_set(TTMConfig(experts=str(experts_dir), out="-", per_class=3, init="real"), experts)
     ids, _ = experts.setup.embedder.ids(real.texts)
     torch.testing.assert_close(real.embeds, experts.setup.embedder.table[ids])  # real rows are the table's rows
@@ -241,11 +254,21 @@ def test_a_planted_divergence_stops_with_a_message_and_keeps_the_last_good_set(t
             got.loss = got.loss * 1e3 * calls[0]  # the loss runs away from iteration 4
         return got
 
-    monkeypatch.setattr(module, "meta_gradient", exploding)
+    used = []
+
+    def recording(problem, syn, *args, **kwargs):
+        used.append(syn.embeds.detach().clone())  # the set each iteration starts from
+        return exploding(problem, syn, *args, **kwargs)
+
+    monkeypatch.setattr(module, "meta_gradient", recording)
     cfg = TTMConfig(experts=str(experts_dir), out=str(tmp_path / "syn"), per_class=1, syn_steps=3, max_start_epoch=2, iterations=50, eval_every=0, patience=3, progress=False)
     result = module.distill_set(cfg)
     assert result.stopped and "diverged" in result.stopped and len(result.log) == 6
-    assert (tmp_path / "syn" / "synthetic.safetensors").is_file()
+    from training.trajectory.synthetic import SyntheticSet
+
+    saved = SyntheticSet.load(tmp_path / "syn")
+    torch.testing.assert_close(saved.embeds, used[2])  # iteration 3's set: the last before the loss ran away
+    torch.testing.assert_close(SyntheticSet.load(tmp_path / "syn" / "last").embeds, used[2])
 
     def nan(*args, **kwargs):
         got = real(*args, **kwargs)
@@ -257,15 +280,45 @@ def test_a_planted_divergence_stops_with_a_message_and_keeps_the_last_good_set(t
     assert result.stopped.startswith("iteration 1: the matching loss or its gradient is not finite")
     with pytest.raises(Exception, match="last good set"):
         module.stop_if(result)
-    assert torch.isfinite(result.synthetic.embeds).all()
+    torch.testing.assert_close(SyntheticSet.load(tmp_path / "nan").embeds, used[0])  # the initial set, untouched
 
 
 def test_a_learning_rate_held_at_its_bound_stops_the_run(toy, experts_dir, tmp_path):
     from training.trajectory.distill import distill_set
 
-    cfg = TTMConfig(experts=str(experts_dir), out=str(tmp_path / "syn"), per_class=1, syn_steps=3, max_start_epoch=2, iterations=30, eval_every=0, lr_init=0.5, lr_max=0.5, patience=4, progress=False)
+    cfg = TTMConfig(experts=str(experts_dir), out=str(tmp_path / "syn"), per_class=1, syn_steps=3, max_start_epoch=2, iterations=60, eval_every=0, lr_init=0.45, lr_max=0.5, lr_lr=0.5, patience=4, progress=False)
     result = distill_set(cfg)
-    assert result.stopped and "--lr-max 0.5" in result.stopped and len(result.log) == 4
+    assert result.stopped and "--lr-max 0.5" in result.stopped
+    at_bound = [r["lr"] >= 0.5 * (1 - 1e-6) for r in result.log]
+    assert at_bound[-4:] == [True] * 4 and not at_bound[0]  # Adam pushed it there; the clamp held it
+    assert max(r["lr"] for r in result.log) <= 0.5 + 1e-9
+    with pytest.raises(TrajectorySetupError, match="strictly between"):
+        distill_set(TTMConfig(experts=str(experts_dir), out=str(tmp_path / "bad"), lr_init=0.5, lr_max=0.5, progress=False))
+
+
+def test_evaluation_students_never_start_where_an_expert_did(toy, experts_dir, tmp_path):
+    from training.trajectory.evaluate import evaluate_sets
+    from training.trajectory.experts import load_experts, train_experts
+    from training.trajectory.fit import EVAL_SEED
+
+    experts = load_experts(experts_dir)
+    student = experts.setup.student(EVAL_SEED)
+    for k in range(experts.count):
+        init = experts.checkpoint(k, 0)
+        assert all(not torch.equal(init[n], p.detach()) for n, p in student.named_parameters() if n in init)
+    clashing = tmp_path / "clash"
+    train_experts(experts_config(toy, clashing, experts=1, epochs=1, seed=EVAL_SEED))
+    with pytest.raises(TrajectorySetupError, match="coincide with the evaluation students"):
+        evaluate_sets(EvaluateConfig(experts=str(clashing), seeds=1, steps=2, baselines="random", progress=False))
+
+
+def test_the_schedule_walks_whole_permutations():
+    from training.trajectory.unroll import make_schedule
+
+    batches = make_schedule(12, 9, 4, torch.Generator().manual_seed(0))
+    assert len(batches) == 9 and all(len(b) == 4 for b in batches)
+    for start in (0, 3, 6):
+        assert sorted(torch.cat(batches[start : start + 3]).tolist()) == list(range(12))  # each epoch sees every row once
 
 
 def test_the_distilled_set_beats_a_random_one_on_the_toy_task(toy, experts_dir, tmp_path):

@@ -293,7 +293,8 @@ class KDTrainer(SFTTrainer):
         from training.trajectory.route import TrajectoryObjective, TrajectoryProgress, load_anchors
 
         args = self.args
-        anchors = [a.to(args.device) for a in load_anchors(args.trajectory_checkpoints, args.trajectory_points, student)]
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32  # as the teacher is loaded
+        anchors = [a.to(args.device) for a in load_anchors(args.trajectory_checkpoints, args.trajectory_points, student, self._tokenizer, dtype)]
         if hidden is None:
             hidden = HiddenStateObjective.from_models(student, anchors[-1], args.hidden_layer_map, weight=1.0, loss_type=args.hidden_loss_type)
         objective = TrajectoryObjective(anchors, hidden, weight=args.trajectory_loss_weight, share_projection=args.hidden_loss_weight > 0)

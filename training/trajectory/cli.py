@@ -90,9 +90,9 @@ def run_config(command: str, argv: Sequence[str]) -> int:
 
         result = distill_set(cfg)
         last = next((r for r in reversed(result.log) if r["val_accuracy"] is not None), None)
-        print(f"synthetic set: {result.folder} ({result.synthetic.card['selected']}); {len(result.log)} iterations in {result.seconds:.0f} s, "
-              f"matching loss {result.log[0]['loss']:.3f} -> {result.log[-1]['running_loss']:.3f} (running)" + (f", last validation accuracy {last['val_accuracy']:.3f}" if last else "")
-              + f"; peak memory {result.peak_rss_mb:.0f} MB")
+        trend = f", matching loss {result.log[0]['loss']:.3f} -> {result.log[-1]['running_loss']:.3f} (running)" if result.log else ""
+        print(f"synthetic set: {result.folder} ({result.synthetic.card['selected']}); {len(result.log)} iterations, {result.seconds:.0f} s in all{trend}"
+              + (f", last validation accuracy {last['val_accuracy']:.3f}" if last else "") + f"; peak memory {result.peak_memory_mb:.0f} MB above the start")
         stop_if(result)
     else:
         from training.trajectory.evaluate import evaluate_sets, print_table

@@ -35,7 +35,7 @@ class ExpertsConfig:
     batch_size: int = field(default=64, metadata={"help": "Expert batch size."})
     max_length: int = field(default=32, metadata={"help": "Tokens per text (the synthetic rows have the same length)."})
     width: int = field(default=64, metadata={"help": "Width of the head:<encoder> classifier."})
-    val_fraction: float = field(default=0.1, metadata={"help": "Fraction of --data held out for validation (selection of evaluation learning rates)."})
+    val_fraction: float = field(default=0.1, metadata={"help": "Fraction of the non-test rows of --data held out for validation (it chooses every evaluation's learning rate and stopping point)."})
     test_fraction: float = field(default=0.2, metadata={"help": "Fraction of --data held out as the test split when --test is not given."})
     seed: int = field(default=0, metadata={"help": "Seed of expert k is seed + k."})
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
@@ -43,7 +43,7 @@ class ExpertsConfig:
     def __post_init__(self) -> None:
         _check(self.experts >= 1 and self.epochs >= 1, "--experts and --epochs must be >= 1")
         _check(self.learning_rate > 0 and self.batch_size >= 1 and self.max_length >= 2 and self.width >= 1, "--learning-rate must be > 0, --batch-size >= 1, --max-length >= 2, --width >= 1")
-        _check(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1, "--val-fraction and --test-fraction must be in [0, 1) with a sum below 1")
+        _check(0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1, "--val-fraction must be in (0, 1) (validation chooses the evaluation settings), --test-fraction in [0, 1)")
         kind, _, encoder = self.model.partition(":")
         _check(kind in ("head", "backbone") and bool(encoder), f"--model takes head:<encoder> or backbone:<encoder>, got {self.model!r}")
 
@@ -92,6 +92,8 @@ class TTMConfig:
         _check(0 < self.mask_ratio < 1 and self.fills >= 1 and self.fill_top_k >= 1, "--mask-ratio must be in (0, 1), --fills and --fill-top-k >= 1")
         _check(0 < self.pca_variance <= 1 and 0 < self.label_confidence < 1, "--pca-variance must be in (0, 1], --label-confidence in (0, 1)")
         _check(self.lr_init >= 0 and self.lr_max > 0 and self.divergence_factor > 1 and self.patience >= 1, "--lr-init must be >= 0, --lr-max > 0, --divergence-factor > 1, --patience >= 1")
+        _check(self.lr_embeds > 0 and self.lr_labels > 0 and self.lr_lr > 0, "--lr-embeds, --lr-labels and --lr-lr must be > 0")
+        _check(self.batch_syn >= 0 and self.eval_every >= 0 and self.eval_steps >= 1 and self.max_grad_norm >= 0, "--batch-syn and --eval-every must be >= 0 (0: all rows / never), --eval-steps >= 1, --max-grad-norm >= 0")
         if self.match != "all":
             strategy, _, frac = self.match.partition(":")
             try:
@@ -118,7 +120,7 @@ class EvaluateConfig:
     progress: bool = field(default=True, metadata={"help": "Progress bars."})
 
     def __post_init__(self) -> None:
-        _check(self.seeds >= 1 and self.steps >= 1 and self.per_class >= 0, "--seeds and --steps must be >= 1")
+        _check(self.seeds >= 1 and self.steps >= 1 and self.per_class >= 0 and self.full_epochs >= 0, "--seeds and --steps must be >= 1, --per-class and --full-epochs >= 0")
         try:
             lrs = [float(v) for v in self.lrs.split(",") if v.strip()]
         except ValueError:

@@ -42,7 +42,7 @@ from training.trajectory.experts import (
     load_experts,
     train_epoch,
 )
-from training.trajectory.fit import FitResult, SmallSet, best_fit
+from training.trajectory.fit import EVAL_SEED, FitResult, SmallSet, best_fit, nan_low
 from training.trajectory.synthetic import SyntheticSet
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ def encoder_features(experts: Experts) -> torch.Tensor:
 
 
 def expert_logits(experts: Experts, expert: int, epoch: int, enc: Encoded) -> torch.Tensor:
-    model = experts.setup.student(0)
     from torch.func import functional_call
+
+    model = experts.initial_model(expert)
 
     state = {**dict(model.named_parameters()), **dict(model.named_buffers()), **experts.checkpoint(expert, epoch)}
     with torch.no_grad():
@@ -117,9 +118,19 @@ def evaluate_sets(cfg: EvaluateConfig) -> Evaluation:
         test = read_text_jsonl(cfg.data, experts.settings["text_field"], experts.settings["label_field"], names=setup.names)
         ids, mask = setup.embedder.ids(test.texts)
         setup.encoded["test"] = Encoded(ids, mask, torch.tensor(test.labels))
-    for s in sets:
+        overlap = len(set(test.texts) & set(setup.splits["train"].texts))
+        if overlap:
+            logger.warning("%s: %d of its %d texts are in the experts' training split; the test accuracies are inflated", cfg.data, overlap, len(test))
+    for path, s in zip(cfg.synthetic, sets):
         if s.card.get("source_fingerprint") != experts.settings["fingerprint"]:
-            raise TrajectorySetupError(f"{s.card.get('folder', 'a synthetic set')} was distilled from other data than the experts in {folder} (fingerprints differ)")
+            raise TrajectorySetupError(f"{path} was distilled from other data than the experts in {folder} (fingerprints differ)")
+        made = s.card.get("experts", {})
+        differ = [key for key in ("model", "train", "max_length", "width") if key in made and made[key] != experts.settings.get(key)]
+        if differ or tuple(s.embeds.shape[1:]) != (experts.settings["max_length"], setup.embedder.hidden):
+            raise TrajectorySetupError(f"{path} was distilled for another student than the experts in {folder} ({', '.join(differ) or 'row shape'} differ)")
+    clash = experts.seeds & {EVAL_SEED + seed for seed in range(cfg.seeds)}
+    if clash:
+        raise TrajectorySetupError(f"expert seeds {sorted(clash)} coincide with the evaluation students' ({EVAL_SEED} + seed); train the experts with another --seed")
     k = cfg.per_class or (sets[0].card.get("per_class") if sets else 10)
     baselines = [b.strip() for b in cfg.baselines.split(",") if b.strip()]
     unknown = [b for b in baselines if b not in BASELINES]
@@ -131,9 +142,9 @@ def evaluate_sets(cfg: EvaluateConfig) -> Evaluation:
     for path, s in zip(cfg.synthetic, sets):
         t0 = time.perf_counter()
         small = SmallSet(Path(path).name, s.embeds, s.mask, s.labels().detach(), s.lrs())
-        fits = [best_fit(setup, small, seed, cfg.lr_grid, cfg.steps) for seed in seeds]
+        fits = [best_fit(setup, small, EVAL_SEED + seed, cfg.lr_grid, cfg.steps) for seed in seeds]
         rows.append(Row(f"distilled: {Path(path).name} ({s.card.get('init', {}).get('init', '?')}, {s.label_kind} labels)", s.embeds.shape[0], [f.test for f in fits], [fmt_choice(f) for f in fits], time.perf_counter() - t0,
-                        f"distilled in {s.card.get('seconds', '?')} s"))
+                        f"distilled in {s.card.get('total_seconds', '?')} s, peak memory {s.card.get('peak_memory_mb', '?')} MB; its learnt lr is tried too"))
         bar.update()
     by_class = setup.splits["train"].by_class()
     features = encoder_features(experts) if {"kcenter", "herding"} & set(baselines) else None
@@ -143,8 +154,8 @@ def evaluate_sets(cfg: EvaluateConfig) -> Evaluation:
             fits = []
             for seed in seeds:
                 chosen = per_class(by_class, features, k, b, seed) if b != "random" else per_class(by_class, torch.empty(0), k, "random", seed)
-                fits.append(best_fit(setup, real_set(b, experts, chosen), seed, cfg.lr_grid, cfg.steps))
-            rows.append(Row(b, k * len(setup.names), [f.test for f in fits], [fmt_choice(f) for f in fits], time.perf_counter() - t0))
+                fits.append(best_fit(setup, real_set(b, experts, chosen), EVAL_SEED + seed, cfg.lr_grid, cfg.steps))
+            rows.append(Row(b, len(chosen), [f.test for f in fits], [fmt_choice(f) for f in fits], time.perf_counter() - t0))
         elif b == "random-soft":
             rows.append(random_soft(cfg, experts, k, by_class))
         elif b == "full":
@@ -172,12 +183,12 @@ def random_soft(cfg: EvaluateConfig, experts: Experts, k: int, by_class: list[li
         for epoch in candidates:
             logits = expert_logits(experts, 0, epoch, sub)
             for temp in (1.0, 2.0):
-                r = best_fit(setup, real_set("random-soft", experts, rows, F.softmax(logits / temp, -1)), seed, cfg.lr_grid, cfg.steps)
-                if best is None or r.val > best[0].val:
+                r = best_fit(setup, real_set("random-soft", experts, rows, F.softmax(logits / temp, -1)), EVAL_SEED + seed, cfg.lr_grid, cfg.steps)
+                if best is None or nan_low(r.val) > nan_low(best[0].val):
                     best = (r, f"expert epoch {epoch}, T {temp:g}, {fmt_choice(r)}")
         accs.append(best[0].test)
         chosen.append(best[1])
-    return Row("random-soft", k * len(setup.names), accs, chosen, time.perf_counter() - t0)
+    return Row("random-soft", len(rows), accs, chosen, time.perf_counter() - t0)
 
 
 def full_data(cfg: EvaluateConfig, experts: Experts) -> Row:
@@ -191,13 +202,13 @@ def full_data(cfg: EvaluateConfig, experts: Experts) -> Row:
     for seed in range(cfg.seeds):
         best: tuple[float, float, str] | None = None
         for lr in grid:
-            model = setup.student(1000 + seed)
+            model = setup.student(EVAL_SEED + seed)
             for epoch in range(epochs):
-                loss = train_epoch(model, setup.embedder, enc, lr, experts.settings["batch_size"], epoch_order(len(enc), 1000 + seed, 0, epoch))
+                loss = train_epoch(model, setup.embedder, enc, lr, experts.settings["batch_size"], epoch_order(len(enc), EVAL_SEED + seed, 0, epoch))
                 if not math.isfinite(loss):
                     break
                 val = accuracy(model, setup.embedder, setup.encoded["val"])
-                if best is None or val > best[0]:
+                if best is None or nan_low(val) > nan_low(best[0]):
                     best = (val, accuracy(model, setup.embedder, setup.encoded["test"]), f"lr {lr:g}, {epoch + 1} epochs")
         accs.append(best[1])
         chosen.append(best[2])
@@ -205,11 +216,12 @@ def full_data(cfg: EvaluateConfig, experts: Experts) -> Row:
 
 
 def expert_row(experts: Experts) -> Row:
+    """Each expert at its epoch best on validation, measured on the test split in use (``--data`` may
+    have replaced the experts' own)."""
     accs, chosen = [], []
-    for r in experts.records:
-        val = [v if not math.isnan(v) else -1.0 for v in r["val_accuracy"]]
-        e = max(range(len(val)), key=lambda i: (val[i], -i))
-        accs.append(r["test_accuracy"][e])
+    for i, r in enumerate(experts.records):
+        e = max(range(len(r["val_accuracy"])), key=lambda j: (nan_low(r["val_accuracy"][j]), -j))
+        accs.append(accuracy(experts.initial_model(i), experts.setup.embedder, experts.setup.encoded["test"], experts.checkpoint(i, e)))
         chosen.append(f"epoch {e}")
     return Row("expert (its own training)", len(experts.setup.splits["train"]), accs, chosen, note=f"{experts.count} experts")
 

@@ -74,9 +74,9 @@ def load_setup(cfg: ExpertsConfig) -> ExpertSetup:
     parts = split(ds, cfg.val_fraction, 0.0 if cfg.test else cfg.test_fraction)
     if cfg.test:
         parts["test"] = read_text_jsonl(cfg.test, cfg.text_field, cfg.label_field, names=ds.names)
-    for name in ("train", "test"):
+    for name in ("train", "val", "test"):
         if len(parts[name]) == 0:
-            raise TrajectorySetupError(f"the {name} split of {cfg.data} is empty: give more rows or change --val-fraction / --test-fraction")
+            raise TrajectorySetupError(f"the {name} split of {cfg.data} is empty (validation chooses every evaluation's learning rate and stopping point): give more rows or change --val-fraction / --test-fraction")
     embedder, backbone = load_embedder(cfg.model.partition(":")[2], cfg.max_length)
     encoded = {}
     for name, part in parts.items():
@@ -99,6 +99,17 @@ def accuracy(model: nn.Module, embedder: TokenEmbedder, data: Encoded, params: d
             logits = functional_call(model, state, (x,), {"attention_mask": data.mask[i : i + batch]})
             hits += int((logits.argmax(-1) == data.labels[i : i + batch]).sum())
     return hits / len(data)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file of ours; a missing, broken or foreign file is a one-line error naming it."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrajectorySetupError(f"{path}: cannot read {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise TrajectorySetupError(f"{path}: not {what} (expected a JSON object)")
+    return obj
 
 
 def epoch_order(n: int, seed: int, expert: int, epoch: int) -> torch.Tensor:
@@ -146,12 +157,12 @@ def train_experts(cfg: ExpertsConfig) -> tuple[ExpertSetup, list[dict[str, Any]]
     settings = settings_of(setup)
     index = out / "experts.json"
     if index.is_file():
-        saved = json.loads(index.read_text(encoding="utf-8"))
+        saved = read_json(index, "an experts index")
         changed = sorted(k for k in settings if k != "experts" and saved.get(k) != json.loads(json.dumps(settings[k])))
         if changed:
             raise TrajectorySetupError(f"{out} holds experts trained with other settings ({', '.join(changed)}); choose another --out to keep them")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(index, settings | {"experts": max(cfg.experts, json.loads(index.read_text()).get("experts", 0) if index.is_file() else 0)})
+    atomic_write_json(index, settings | {"experts": max(cfg.experts, read_json(index, "an experts index").get("experts", 0) if index.is_file() else 0)})
     names = settings["trained"]
     n_params = sum(p.numel() for n, p in setup.student(0).named_parameters() if n in set(names))
     print(f"data: {', '.join(f'{s} {len(d)}' for s, d in setup.splits.items())}; {len(setup.names)} classes; student {cfg.model}, {n_params:,} trained parameters ({cfg.train})")
@@ -160,7 +171,7 @@ def train_experts(cfg: ExpertsConfig) -> tuple[ExpertSetup, list[dict[str, Any]]
         folder = out / f"expert_{k}"
         done = folder / "trajectory.json"
         if done.is_file():
-            records.append(json.loads(done.read_text(encoding="utf-8")))
+            records.append(read_json(done, "an expert record"))
             print(f"expert {k}: finished before (final test accuracy {records[-1]['test_accuracy'][-1]:.3f})")
             continue
         folder.mkdir(exist_ok=True)
@@ -174,9 +185,14 @@ def train_experts(cfg: ExpertsConfig) -> tuple[ExpertSetup, list[dict[str, Any]]
             with torch.no_grad():
                 for n, t in load_file(str(folder / f"epoch_{first:03d}.safetensors")).items():
                     state[n].copy_(t)
-            partial = folder / "partial.json"
-            history = json.loads(partial.read_text(encoding="utf-8")) if partial.is_file() else history
-            history = {key: v[: first + 1] for key, v in history.items()}
+            # The accuracies are measured again from the checkpoints (a kill between a checkpoint and
+            # partial.json would shift them); the training losses are kept where partial.json has them.
+            losses = read_json(folder / "partial.json", "a partial expert record").get("train_loss", []) if (folder / "partial.json").is_file() else []
+            history = {"train_loss": [losses[e] if e < len(losses) else float("nan") for e in range(first + 1)], "val_accuracy": [], "test_accuracy": []}
+            for e in range(first + 1):
+                ckpt = load_file(str(folder / f"epoch_{e:03d}.safetensors"))
+                history["val_accuracy"].append(accuracy(model, setup.embedder, setup.encoded["val"], ckpt))
+                history["test_accuracy"].append(accuracy(model, setup.embedder, setup.encoded["test"], ckpt))
         else:
             save_file(snapshot(model, names), str(folder / "epoch_000.safetensors"))
             history["val_accuracy"].append(accuracy(model, setup.embedder, setup.encoded["val"]))
@@ -217,9 +233,24 @@ class Experts:
         return len(self.records)
 
     def checkpoint(self, expert: int, epoch: int) -> dict[str, torch.Tensor]:
+        """The trained parameters of the ``expert``-th complete expert after ``epoch`` epochs."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.folder / f"expert_{expert}" / f"epoch_{epoch:03d}.safetensors"))
+        return load_file(str(self.folder / f"expert_{self.records[expert]['expert']}" / f"epoch_{epoch:03d}.safetensors"))
+
+    def initial_model(self, expert: int) -> nn.Module:
+        """The ``expert``-th complete expert's network at its initialisation: its frozen (untrained)
+        tensors are those of its own seed, which the checkpoints do not hold."""
+        if expert not in self._initial:
+            self._initial[expert] = self.setup.student(self.records[expert]["seed"])
+        return self._initial[expert]
+
+    @property
+    def seeds(self) -> set[int]:
+        return {r["seed"] for r in self.records}
+
+    def __post_init__(self) -> None:
+        self._initial: dict[int, nn.Module] = {}
 
 
 def load_experts(folder: str | Path, progress: bool = False) -> Experts:
@@ -228,10 +259,13 @@ def load_experts(folder: str | Path, progress: bool = False) -> Experts:
     index = folder / "experts.json"
     if not index.is_file():
         raise TrajectorySetupError(f"{folder} holds no experts (no experts.json): run `python -m training.trajectory experts` first")
-    settings = json.loads(index.read_text(encoding="utf-8"))
+    settings = read_json(index, "an experts index")
     if settings.get("format") != FORMAT:
         raise TrajectorySetupError(f"{index}: format {settings.get('format')!r}, this version reads {FORMAT}")
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("expert_*/trajectory.json"), key=lambda p: int(p.parent.name.split("_")[1]))]
+    missing = [k for k in ("data", "model", "train", "epochs", "learning_rate", "batch_size", "fingerprint", "trained", "classes") if k not in settings]
+    if missing:
+        raise TrajectorySetupError(f"{index}: not an experts index of this version (no {', '.join(missing)})")
+    records = [read_json(p, "an expert record") for p in sorted(folder.glob("expert_*/trajectory.json"), key=lambda p: int(p.parent.name.split("_")[1]))]
     if not records:
         raise TrajectorySetupError(f"{folder}: no expert is complete yet; run `experts` again to finish them")
     fields = {k: settings[k] for k in ExpertsConfig.__dataclass_fields__ if k in settings and k not in ("out", "experts", "progress")}

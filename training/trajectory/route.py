@@ -93,10 +93,14 @@ class TrajectoryProgress(TrainerCallback):
         return control
 
 
-def load_anchors(checkpoints: Sequence[str], points: int, student: nn.Module, dtype: Any = None) -> list[nn.Module]:
-    """The anchor models: ``points`` of ``checkpoints`` (folders of causal LMs), checked against the
-    student's vocabulary."""
-    from transformers import AutoModelForCausalLM
+def load_anchors(checkpoints: Sequence[str], points: int, student: nn.Module, tokenizer: Any = None, dtype: Any = None) -> list[nn.Module]:
+    """The anchor models: ``points`` of ``checkpoints`` (folders of causal LMs) in ``dtype``, checked
+    against the student's vocabulary and, where a checkpoint holds one, tokenizer."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.collator import check_same_tokenizer
 
     chosen = spread(list(checkpoints), points)
     anchors = []
@@ -105,6 +109,11 @@ def load_anchors(checkpoints: Sequence[str], points: int, student: nn.Module, dt
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         if model.get_input_embeddings().weight.shape[0] != vocab:
             raise ValueError(f"trajectory checkpoint {path} has a vocabulary of {model.get_input_embeddings().weight.shape[0]}, the student {vocab}: anchors must share the student's tokenizer")
+        if tokenizer is not None and (Path(path) / "tokenizer_config.json").is_file():
+            try:
+                check_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(path))
+            except ValueError as e:
+                raise ValueError(f"trajectory checkpoint {path}: {e}; anchors must share the student's tokenizer") from None
         anchors.append(model)
     logger.info("trajectory anchors: %s", ", ".join(chosen))
     return anchors

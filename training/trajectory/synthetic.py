@@ -106,14 +106,19 @@ class SyntheticSet:
         return [float(self.lr(i).detach()) for i in range(self.lr_param.shape[0])]
 
     def lr_at_bound(self) -> bool:
-        """True when a learning rate sits at ``lr_max`` (the guard stops a run that keeps it there)."""
-        return any(v >= self.lr_max * (1 - 1e-6) for v in self.lrs())
+        """True when a learning rate sits at ``lr_min`` or ``lr_max``, where the clamp passes no gradient
+        (the guard stops a run that keeps it there)."""
+        return any(v >= self.lr_max * (1 - 1e-6) or v <= self.lr_min * (1 + 1e-6) for v in self.lrs())
 
-    def save(self, folder: str | Path, tokens: list[str] | None = None) -> Path:
-        """Write the folder atomically (a temporary sibling renamed into place)."""
+    def save(self, folder: str | Path, tokens: list[str] | None = None, files: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> Path:
+        """Write the folder atomically (a temporary sibling renamed into place), with ``files`` (name:
+        text) beside the tensors and the old folder's ``keep`` entries carried over. An existing folder is replaced only when it is a synthetic set (or
+        empty): ``--out`` pointed at a folder of other things must not delete them."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not (folder / "card.json").is_file():
+            raise TrajectorySetupError(f"{folder} exists and is not a synthetic set: choose another --out (nothing was replaced)")
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -124,6 +129,11 @@ class SyntheticSet:
         (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
         if tokens is not None:
             (tmp / "examples.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        for name in keep:
+            if (folder / name).exists():
+                (folder / name).rename(tmp / name)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             folder.rename(old)
@@ -140,10 +150,21 @@ class SyntheticSet:
         folder = Path(folder)
         if not (folder / "synthetic.safetensors").is_file() or not (folder / "card.json").is_file():
             raise TrajectorySetupError(f"{folder} is not a synthetic set (it needs synthetic.safetensors and card.json)")
-        card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-        if card.get("format") != FORMAT:
-            raise TrajectorySetupError(f"{folder}/card.json: format {card.get('format')!r}, this version reads {FORMAT}")
-        t = load_file(str(folder / "synthetic.safetensors"))
+        try:
+            card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrajectorySetupError(f"{folder}/card.json: cannot read the card ({e})") from None
+        if not isinstance(card, dict) or card.get("format") != FORMAT:
+            raise TrajectorySetupError(f"{folder}/card.json: not a synthetic-set card of format {FORMAT}")
+        missing = [k for k in ("label_kind", "lr_min", "lr_max") if k not in card]
+        if missing:
+            raise TrajectorySetupError(f"{folder}/card.json: no {', '.join(missing)}")
+        try:
+            t = load_file(str(folder / "synthetic.safetensors"))
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise TrajectorySetupError(f"{folder}/synthetic.safetensors: cannot read it ({e})") from None
+        if set(t) != {"embeds", "mask", "classes", "label_param", "lr_param"}:
+            raise TrajectorySetupError(f"{folder}/synthetic.safetensors: not a synthetic set (tensors {', '.join(sorted(t))})")
         syn = cls(t["embeds"], t["mask"], t["classes"], t["label_param"], t["lr_param"], card["label_kind"], card["lr_min"], card["lr_max"], card)
         if trainable:
             for leaf in (syn.embeds, syn.lr_param) + ((syn.label_param,) if syn.label_kind != "hard" else ()):

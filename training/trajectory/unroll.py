@@ -125,7 +125,7 @@ def _exact(problem: InnerProblem, syn: SyntheticSet, start: Params, target: Para
     wrt = [syn.embeds, syn.lr_param] + ([syn.label_param] if syn.label_param.requires_grad else [])
     grads = torch.autograd.grad(loss, wrt, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for w, g in zip(wrt, grads)]
-    return MetaGradient(float(loss), grads[0], grads[2] if len(grads) > 2 else None, grads[1], {n: t.detach() for n, t in params.items()})
+    return MetaGradient(float(loss.detach()), grads[0], grads[2] if len(grads) > 2 else None, grads[1], {n: t.detach() for n, t in params.items()})
 
 
 def _forward(problem: InnerProblem, syn: SyntheticSet, start: Params, schedule: list[torch.Tensor]) -> list[Params]:
