@@ -103,7 +103,7 @@ def probe(mode: str, steps: int, work: Path, per_class: int) -> dict[str, Any]:
     import torch
 
     from training.trajectory.config import TTMConfig
-    from training.trajectory.distill import initial_set
+    from training.trajectory.distill import PeakMemory, initial_set
     from training.trajectory.experts import load_experts
     from training.trajectory.synthetic import SyntheticSet
     from training.trajectory.unroll import make_schedule, meta_gradient, problem_for
@@ -117,21 +117,14 @@ def probe(mode: str, steps: int, work: Path, per_class: int) -> dict[str, Any]:
     schedule = make_schedule(syn.embeds.shape[0], steps, syn.embeds.shape[0], torch.Generator().manual_seed(0))
     meta_gradient(problem, syn, start, target, schedule, mode)  # once first: the allocator's steady state, as in a long run
 
-    def status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-        return 0
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident set size
-    before = status("VmRSS:")
+    memory = PeakMemory()
+    memory.start()
     t0 = time.perf_counter()
     mg = meta_gradient(problem, syn, start, target, schedule, mode)
     seconds = time.perf_counter() - t0
-    peak = status("VmHWM:")
+    extra = memory.peak_mb()
     torch.save(mg.flat(), work / f"metagrad-{mode}-{steps}.pt")
-    return {"mode": mode, "steps": steps, "peak_extra_mb": round((peak - before) / 1024, 1), "peak_process_mb": round(peak / 1024, 1), "seconds": round(seconds, 2), "loss": mg.loss}
+    return {"mode": mode, "steps": steps, "peak_extra_mb": round(extra, 1), "peak_process_mb": round(memory.base + extra, 1), "seconds": round(seconds, 2), "loss": mg.loss}
 
 
 def group_memory(args: argparse.Namespace, work: Path) -> None:

@@ -75,18 +75,18 @@ def read_text_jsonl(path: str | Path, text_field: str = "text", label_field: str
         raise TrajectoryDataError(f"{path}: no rows")
     classes = list(names) if names is not None else sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
-    for lineno, label in _lines_of(path, labels):
-        if label not in index:
-            raise TrajectoryDataError(f"{path}:{lineno}: label {label!r} is not one of the training classes ({', '.join(classes)})")
+    unknown = next((i for i, label in enumerate(labels) if label not in index), None)
+    if unknown is not None:
+        raise TrajectoryDataError(f"{path}:{_line_of(path, unknown)}: label {labels[unknown]!r} is not one of the training classes ({', '.join(classes)})")
     if names is None and len(classes) < 2:
         raise TrajectoryDataError(f"{path}: one class only ({classes[0]!r}); classification needs two or more")
     return TextDataset([getattr(r, text_field) for r in rows], [index[y] for y in labels], classes, str(path), dict(Counter(labels)))
 
 
-def _lines_of(path: str | Path, labels: list[str]) -> list[tuple[int, str]]:
-    """(line number, label) of each row: read_jsonl skips blank lines, so count them again."""
+def _line_of(path: str | Path, row: int) -> int:
+    """The file line of row ``row`` (read_jsonl skips blank lines, so they are counted again here)."""
     numbers = [i for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
-    return list(zip(numbers, labels))
+    return numbers[row]
 
 
 def _unit(salt: bytes, text: str) -> float:

@@ -54,6 +54,7 @@ class ExpertSetup:
 
     cfg: ExpertsConfig
     embedder: TokenEmbedder
+    encoder: Any  # the SentenceTransformer the token table comes from
     backbone: Any
     splits: dict[str, TextDataset]
     encoded: dict[str, Encoded]
@@ -77,12 +78,12 @@ def load_setup(cfg: ExpertsConfig) -> ExpertSetup:
     for name in ("train", "val", "test"):
         if len(parts[name]) == 0:
             raise TrajectorySetupError(f"the {name} split of {cfg.data} is empty (validation chooses every evaluation's learning rate and stopping point): give more rows or change --val-fraction / --test-fraction")
-    embedder, backbone = load_embedder(cfg.model.partition(":")[2], cfg.max_length)
+    embedder, encoder = load_embedder(cfg.model.partition(":")[2], cfg.max_length)
     encoded = {}
     for name, part in parts.items():
         ids, mask = embedder.ids(part.texts) if len(part) else (torch.zeros(0, cfg.max_length, dtype=torch.long),) * 2
         encoded[name] = Encoded(ids, mask, torch.tensor(part.labels, dtype=torch.long))
-    return ExpertSetup(cfg, embedder, backbone if cfg.model.startswith("backbone:") else None, parts, encoded, ds.names)
+    return ExpertSetup(cfg, embedder, encoder, encoder[0].auto_model if cfg.model.startswith("backbone:") else None, parts, encoded, ds.names)
 
 
 def accuracy(model: nn.Module, embedder: TokenEmbedder, data: Encoded, params: dict[str, torch.Tensor] | None = None, batch: int = 512) -> float:

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 
 import torch
 
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
+LAYER = re.compile(r"\.layer\.(\d+)\.")  # encoder layer k in a parameter name
 
 
 def part_of(name: str) -> str:
-    m = _LAYER.search(name)
+    m = LAYER.search(name)
     return f"layer {m.group(1)}" if m else name.split(".")[0]
 
 

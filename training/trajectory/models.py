@@ -17,7 +17,6 @@ set is learnt in embedding space (text is discrete).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.trajectory.errors import TrajectorySetupError
+from training.trajectory.matching import LAYER
 
 NEG = -1e4  # masked attention score: finite, so second derivatives stay finite
 
@@ -101,7 +101,9 @@ class TokenEmbedder:
 
 
 def load_embedder(spec: str, max_length: int = 32) -> tuple[TokenEmbedder, Any]:
-    """The token embedder of a sentence encoder spec (minilm, st:<folder>, a folder) and its transformer."""
+    """The token embedder of a sentence encoder spec (minilm, st:<folder>, a folder) and the encoder
+    itself (a SentenceTransformer: its transformer is the backbone, its sentence embeddings the
+    coresets' feature space)."""
     from training.embedding.encoders import load_encoder
     from training.embedding.errors import EmbeddingSetupError
 
@@ -109,9 +111,8 @@ def load_embedder(spec: str, max_length: int = 32) -> tuple[TokenEmbedder, Any]:
         encoder = load_encoder(spec, device="cpu")
     except EmbeddingSetupError as e:
         raise TrajectorySetupError(str(e)) from None
-    transformer = encoder[0].auto_model
-    table = transformer.get_input_embeddings().weight.detach().clone()
-    return TokenEmbedder(encoder.tokenizer, table, max_length), transformer
+    table = encoder[0].auto_model.get_input_embeddings().weight.detach().clone()
+    return TokenEmbedder(encoder.tokenizer, table, max_length), encoder
 
 
 def build_student(kind: str, embedder: TokenEmbedder, classes: int, backbone: Any = None, width: int = 64, seed: int = 0) -> nn.Module:
@@ -134,8 +135,6 @@ def build_student(kind: str, embedder: TokenEmbedder, classes: int, backbone: An
     return model.eval()
 
 
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
-
 
 def trainable_names(model: nn.Module, spec: str = "all") -> list[str]:
     """Names of the parameters the experts train and the synthetic set is matched on (``all``,
@@ -153,11 +152,11 @@ def trainable_names(model: nn.Module, spec: str = "all") -> list[str]:
     except ValueError:
         raise TrajectorySetupError(f"--train takes all, head, top:K or deep:F, got {spec!r}") from None
     if kind == "top" and number >= 1 and number == int(number):
-        layers = sorted({int(m.group(1)) for n in names if (m := _LAYER.search(n))})
+        layers = sorted({int(m.group(1)) for n in names if (m := LAYER.search(n))})
         if not layers:
             raise TrajectorySetupError(f"--train {spec}: this student has no numbered encoder layers")
         keep = set(layers[-int(number):])
-        return [n for n in names if n.startswith("head.") or ((m := _LAYER.search(n)) and int(m.group(1)) in keep)]
+        return [n for n in names if n.startswith("head.") or ((m := LAYER.search(n)) and int(m.group(1)) in keep)]
     if kind == "deep" and 0 < number <= 1:
         budget, chosen = number * sum(sizes.values()), []
         for n in reversed(names):  # named_parameters runs input -> output
