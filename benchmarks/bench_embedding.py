@@ -10,13 +10,14 @@ fidelity (Spearman of student vs teacher cosines: the primary figure), MSE x 100
 throughput on this machine (batch 32) with the speed-up over the teacher. Groups:
 
 - main: ours (stages 2, 3, 4 with mcl) at 2x (E=128, 3 layers), 4x (E=48, 2 layers), 8x (E=24, 1 layer);
-- ablations at 2x: stage 2 off (SVD start only), stage 4 off, the loss (mse, ce, bool), recurrence on
-  (3 layers x 2: same parameters, the teacher's compute), bottleneck off (76% of the parameters);
+- ablations at 2x (cheapest first): stage 4 off, the loss (mse, ce, bool), bottleneck off (76% of the
+  parameters), stage 2 off (SVD start only), recurrence on (3 layers x 2: same parameters, the
+  teacher's compute); at --reference-seed;
 - baselines: sentence-transformers' layer drop + MSE (1, 2, 3 layers), PCA to 128 dimensions (a Dense
   layer on the teacher), model2vec static distillation (in a virtual environment of its own, as its
   ``distill`` extra pins transformers < 5.4), the teacher in ONNX and ONNX int8, and ours exported;
 - seeds: ours at 2x over --seeds seeds, mean ± std, and how many converged (fidelity within 0.02 of
-  the median).
+  the median); --first-seed N trains from seed N on and takes the earlier seeds' rows from the CSV.
 
 Each trained model lives in --work (default ~/.cache/atkd/bench_embedding/<row>), so a killed run
 goes on where it stopped. A variant copies the leading stages it shares with its plain row (same
@@ -146,19 +147,20 @@ def group_main(bench: Bench) -> None:
 
 def group_ablations(bench: Bench) -> None:
     print("ablations at 2x", flush=True)
-    variants = [
-        ("stage 2 off", dict(stages="3,4")),
-        ("stage 4 off", dict(stages="2,3")),
-        ("loss mse", dict(loss="mse")),
-        ("loss ce", dict(loss="ce")),
-        ("loss bool", dict(loss="bool")),
-        ("recurrence on (3 layers x 2)", dict(repeat=2)),
-    ]
-    for name, options in variants:
-        model, secs = ours(bench, "2x", **options)
-        bench.record("ablations", bench.evaluate(f"ours 2x, {name}", model), train_seconds=secs, shape="2x")
-    model, secs = bench.train("ours-nobottleneck-k3-s0", reuse="layerdrop-k3-s0", bottleneck=0, keep=3, stages="3,4")
-    bench.record("ablations", bench.evaluate("ours, bottleneck off (3 layers; 76% of the parameters)", model), train_seconds=secs, shape="1.3x")
+    seed = bench.args.reference_seed
+    # Cheapest first, so that a run cut short has the most rows: stage 4 off and the losses reuse the
+    # plain row's stages (stage 4 only, or nothing), bottleneck off reuses layer drop's stage 3.
+    def variant(name: str, **options: Any) -> None:
+        model, secs = ours(bench, "2x", seed=seed, **options)
+        bench.record("ablations", bench.evaluate(f"ours 2x, {name}", model), train_seconds=secs, shape="2x", seed=seed)
+
+    variant("stage 4 off", stages="2,3")
+    for loss in ("mse", "ce", "bool"):
+        variant(f"loss {loss}", loss=loss)
+    model, secs = bench.train(f"ours-nobottleneck-k3-s{seed}", reuse=f"layerdrop-k3-s{seed}", bottleneck=0, keep=3, stages="3,4", seed=seed)
+    bench.record("ablations", bench.evaluate("ours, bottleneck off (3 layers; 76% of the parameters)", model), train_seconds=secs, shape="1.3x", seed=seed)
+    variant("stage 2 off", stages="3,4")
+    variant("recurrence on (3 layers x 2)", repeat=2)
 
 
 def pca_dense(bench: Bench, dims: int) -> Any:
@@ -248,7 +250,8 @@ def group_baselines(bench: Bench) -> None:
     from training.embedding.export import OnnxEncoder, export_all
 
     print("baselines", flush=True)
-    for name, model in (("teacher", bench.teacher), ("ours 2x", ours(bench, "2x")[0])):
+    seed = bench.args.reference_seed
+    for name, model in (("teacher", bench.teacher), ("ours 2x", ours(bench, "2x", seed=seed)[0])):
         folder = bench.work / f"onnx-{name.replace(' ', '-')}"
         files = export_all(model, folder)
         torch_row = bench.evaluate(f"{name} (torch)", model)
@@ -261,16 +264,36 @@ def group_baselines(bench: Bench) -> None:
     bench.record("baselines", bench.evaluate("teacher + PCA Dense 128", pca_dense(bench, 128)))
     if bench.args.model2vec:
         model2vec_row(bench)
-    for k in (1, 3, 2):
-        model, secs = bench.train(f"layerdrop-k{k}-s0", bottleneck=0, keep=k, stages="3")
-        bench.record("baselines", bench.evaluate(f"layer drop + MSE ({k} layers)", model), train_seconds=secs)
+    for k in (3, 2, 1):  # 3 first: the bottleneck-off ablation starts from it
+        model, secs = bench.train(f"layerdrop-k{k}-s{seed}", bottleneck=0, keep=k, stages="3", seed=seed)
+        bench.record("baselines", bench.evaluate(f"layer drop + MSE ({k} layers)", model), train_seconds=secs, seed=seed)
+
+
+def recorded_seed_fidelities(first: int) -> list[float]:
+    """Fidelity of seeds 0 .. first-1 from the latest 'seeds' row of each in the results CSV (a study
+    spread over several machines); a missing seed stops with the flag to use."""
+    import csv
+
+    path = ROOT / "benchmarks" / "results" / "embedding.csv"
+    latest: dict[int, float] = {}
+    if first and path.is_file():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("group") == "seeds" and row.get("seed", "") != "":
+                    latest[int(row["seed"])] = float(row["fidelity"])
+    missing = [s for s in range(first) if s not in latest]
+    if missing:
+        raise SystemExit(f"{path}: no 'seeds' row for seed(s) {', '.join(map(str, missing))}; lower --first-seed to train them")
+    for s in range(first):
+        print(f"  ours 2x seed {s}: fidelity {latest[s]:.4f} (recorded in {path.name})", flush=True)
+    return [latest[s] for s in range(first)]
 
 
 def group_seeds(bench: Bench) -> None:
-    n = bench.args.seeds
+    n, first = bench.args.seeds, bench.args.first_seed
     print(f"seeds: ours 2x over {n} seeds", flush=True)
-    fids = []
-    for seed in range(n):
+    fids = recorded_seed_fidelities(first)
+    for seed in range(first, n):
         model, secs = ours(bench, "2x", seed=seed)
         row = bench.evaluate(f"ours 2x seed {seed}", model)
         bench.record("seeds", row, seed=seed, train_seconds=secs)
@@ -289,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", default="main,ablations,baselines,seeds", help=f"comma-separated, from {', '.join(GROUPS)}")
     p.add_argument("--data", nargs="+", default=sorted(glob.glob(str(SHARED / "*_dev.jsonl"))), help="MCQ JSONL files (default: every clinical dev file of ../shared)")
     p.add_argument("--seeds", type=int, default=10, help="seeds of the seeds group (default 10)")
+    p.add_argument("--first-seed", type=int, default=0, help="train seeds from this one on; the summary reads the earlier seeds' fidelity from benchmarks/results/embedding.csv (default 0: train all)")
+    p.add_argument("--reference-seed", type=int, default=0, help="seed of the 2x student that the ablations start from and the export baseline measures, and of the layer-drop rows (default 0)")
     p.add_argument("--stage2-epochs", type=float, default=2.0)
     p.add_argument("--stage3-epochs", type=float, default=4.0)
     p.add_argument("--stage4-epochs", type=float, default=1.0)
@@ -300,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     if not args.data or any(g not in GROUPS for g in groups):
         p.error(f"--groups takes {', '.join(GROUPS)}; --data needs files")
+    if not 0 <= args.first_seed < args.seeds:
+        p.error(f"--first-seed {args.first_seed}: must lie in 0 .. --seeds - 1 ({args.seeds - 1})")
     logging.basicConfig(level=logging.WARNING)
     import torch
 
