@@ -12,7 +12,7 @@ throughput on this machine (batch 32) with the speed-up over the teacher. Groups
 - main: ours (stages 2, 3, 4 with mcl) at 2x (E=128, 3 layers), 4x (E=48, 2 layers), 8x (E=24, 1 layer);
 - ablations at 2x (cheapest first): stage 4 off, the loss (mse, ce, bool), bottleneck off (76% of the
   parameters), stage 2 off (SVD start only), recurrence on (3 layers x 2: same parameters, the
-  teacher's compute); at --reference-seed;
+  teacher's compute); at --reference-seed; --ablations picks rows;
 - baselines: sentence-transformers' layer drop + MSE (1, 2, 3 layers), PCA to 128 dimensions (a Dense
   layer on the teacher), model2vec static distillation (in a virtual environment of its own, as its
   ``distill`` extra pins transformers < 5.4), the teacher in ONNX and ONNX int8, and ours exported;
@@ -45,6 +45,7 @@ from benchmarks.harness import append_rows
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "clinical"
 GROUPS = ("main", "ablations", "baselines", "seeds")
+ABLATIONS = ("stage4-off", "mse", "ce", "bool", "bottleneck-off", "stage2-off", "recurrence")
 SHAPES = {"2x": (128, 3), "4x": (48, 2), "8x": (24, 1)}
 
 logger = logging.getLogger(__name__)
@@ -147,20 +148,22 @@ def group_main(bench: Bench) -> None:
 
 def group_ablations(bench: Bench) -> None:
     print("ablations at 2x", flush=True)
-    seed = bench.args.reference_seed
+    seed, wanted = bench.args.reference_seed, bench.args.ablations
     # Cheapest first, so that a run cut short has the most rows: stage 4 off and the losses reuse the
     # plain row's stages (stage 4 only, or nothing), bottleneck off reuses layer drop's stage 3.
-    def variant(name: str, **options: Any) -> None:
-        model, secs = ours(bench, "2x", seed=seed, **options)
-        bench.record("ablations", bench.evaluate(f"ours 2x, {name}", model), train_seconds=secs, shape="2x", seed=seed)
+    def variant(key: str, name: str, **options: Any) -> None:
+        if key in wanted:
+            model, secs = ours(bench, "2x", seed=seed, **options)
+            bench.record("ablations", bench.evaluate(f"ours 2x, {name}", model), train_seconds=secs, shape="2x", seed=seed)
 
-    variant("stage 4 off", stages="2,3")
+    variant("stage4-off", "stage 4 off", stages="2,3")
     for loss in ("mse", "ce", "bool"):
-        variant(f"loss {loss}", loss=loss)
-    model, secs = bench.train(f"ours-nobottleneck-k3-s{seed}", reuse=f"layerdrop-k3-s{seed}", bottleneck=0, keep=3, stages="3,4", seed=seed)
-    bench.record("ablations", bench.evaluate("ours, bottleneck off (3 layers; 76% of the parameters)", model), train_seconds=secs, shape="1.3x", seed=seed)
-    variant("stage 2 off", stages="3,4")
-    variant("recurrence on (3 layers x 2)", repeat=2)
+        variant(loss, f"loss {loss}", loss=loss)
+    if "bottleneck-off" in wanted:
+        model, secs = bench.train(f"ours-nobottleneck-k3-s{seed}", reuse=f"layerdrop-k3-s{seed}", bottleneck=0, keep=3, stages="3,4", seed=seed)
+        bench.record("ablations", bench.evaluate("ours, bottleneck off (3 layers; 76% of the parameters)", model), train_seconds=secs, shape="1.3x", seed=seed)
+    variant("stage2-off", "stage 2 off", stages="3,4")
+    variant("recurrence", "recurrence on (3 layers x 2)", repeat=2)
 
 
 def pca_dense(bench: Bench, dims: int) -> Any:
@@ -314,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10, help="seeds of the seeds group (default 10)")
     p.add_argument("--first-seed", type=int, default=0, help="train seeds from this one on; the summary reads the earlier seeds' fidelity from benchmarks/results/embedding.csv (default 0: train all)")
     p.add_argument("--reference-seed", type=int, default=0, help="seed of the 2x student that the ablations start from and the export baseline measures, and of the layer-drop rows (default 0)")
+    p.add_argument("--ablations", default=",".join(ABLATIONS), help=f"comma-separated ablation rows to run, from {', '.join(ABLATIONS)} (default: all)")
     p.add_argument("--stage2-epochs", type=float, default=2.0)
     p.add_argument("--stage3-epochs", type=float, default=4.0)
     p.add_argument("--stage4-epochs", type=float, default=1.0)
@@ -325,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     if not args.data or any(g not in GROUPS for g in groups):
         p.error(f"--groups takes {', '.join(GROUPS)}; --data needs files")
+    args.ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    if unknown := [a for a in args.ablations if a not in ABLATIONS]:
+        p.error(f"--ablations: unknown {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
     if not 0 <= args.first_seed < args.seeds:
         p.error(f"--first-seed {args.first_seed}: must lie in 0 .. --seeds - 1 ({args.seeds - 1})")
     logging.basicConfig(level=logging.WARNING)
