@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import append_rows
+from benchmarks.harness import RESULTS, append_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "clinical"
@@ -274,10 +274,10 @@ def group_baselines(bench: Bench) -> None:
 
 def recorded_seed_fidelities(first: int) -> list[float]:
     """Fidelity of seeds 0 .. first-1 from the latest 'seeds' row of each in the results CSV (a study
-    spread over several machines); a missing seed stops with the flag to use."""
+    spread over several machines); a missing seed is a ValueError naming the flag to use."""
     import csv
 
-    path = ROOT / "benchmarks" / "results" / "embedding.csv"
+    path = RESULTS / "embedding.csv"
     latest: dict[int, float] = {}
     if first and path.is_file():
         with path.open(newline="") as f:
@@ -286,16 +286,16 @@ def recorded_seed_fidelities(first: int) -> list[float]:
                     latest[int(row["seed"])] = float(row["fidelity"])
     missing = [s for s in range(first) if s not in latest]
     if missing:
-        raise SystemExit(f"{path}: no 'seeds' row for seed(s) {', '.join(map(str, missing))}; lower --first-seed to train them")
-    for s in range(first):
-        print(f"  ours 2x seed {s}: fidelity {latest[s]:.4f} (recorded in {path.name})", flush=True)
+        raise ValueError(f"{path}: no 'seeds' row for seed(s) {', '.join(map(str, missing))}; lower --first-seed to train them")
     return [latest[s] for s in range(first)]
 
 
 def group_seeds(bench: Bench) -> None:
     n, first = bench.args.seeds, bench.args.first_seed
     print(f"seeds: ours 2x over {n} seeds", flush=True)
-    fids = recorded_seed_fidelities(first)
+    fids = list(bench.args.recorded_fidelities)
+    for seed, fid in enumerate(fids):
+        print(f"  ours 2x seed {seed}: fidelity {fid:.4f} (recorded in benchmarks/results/embedding.csv)", flush=True)
     for seed in range(first, n):
         model, secs = ours(bench, "2x", seed=seed)
         row = bench.evaluate(f"ours 2x seed {seed}", model)
@@ -334,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--ablations: unknown {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
     if not 0 <= args.first_seed < args.seeds:
         p.error(f"--first-seed {args.first_seed}: must lie in 0 .. --seeds - 1 ({args.seeds - 1})")
+    try:  # before the teacher's targets (minutes): a missing row is an input error
+        args.recorded_fidelities = recorded_seed_fidelities(args.first_seed) if "seeds" in groups else []
+    except ValueError as e:
+        p.error(f"--first-seed {args.first_seed}: {e}")
     logging.basicConfig(level=logging.WARNING)
     import torch
 

@@ -76,10 +76,8 @@ def real_set(name: str, experts: Experts, rows: list[int], targets: torch.Tensor
 
 def encoder_features(experts: Experts) -> torch.Tensor:
     """The sentence encoder's normalised embeddings of the training texts (the coresets' space), read
-    at the students' token length."""
-    encoder = experts.setup.encoder
-    encoder.max_seq_length = experts.settings["max_length"]
-    return encoder.encode(experts.setup.splits["train"].texts, convert_to_tensor=True, batch_size=64, show_progress_bar=False, normalize_embeddings=True).float()
+    at the students' token length (the setup loads the encoder at it)."""
+    return experts.setup.encoder.encode(experts.setup.splits["train"].texts, convert_to_tensor=True, batch_size=64, show_progress_bar=False, normalize_embeddings=True).float()
 
 
 def expert_logits(experts: Experts, expert: int, epoch: int, enc: Encoded) -> torch.Tensor:

@@ -102,13 +102,13 @@ class TokenEmbedder:
 
 def load_embedder(spec: str, max_length: int = 32) -> tuple[TokenEmbedder, Any]:
     """The token embedder of a sentence encoder spec (minilm, st:<folder>, a folder) and the encoder
-    itself (a SentenceTransformer: its transformer is the backbone, its sentence embeddings the
-    coresets' feature space)."""
+    itself at the students' token length (a SentenceTransformer: its transformer is the backbone, its
+    sentence embeddings the coresets' feature space)."""
     from training.embedding.encoders import load_encoder
     from training.embedding.errors import EmbeddingSetupError
 
     try:
-        encoder = load_encoder(spec, device="cpu")
+        encoder = load_encoder(spec, device="cpu", max_seq_length=max_length)
     except EmbeddingSetupError as e:
         raise TrajectorySetupError(str(e)) from None
     table = encoder[0].auto_model.get_input_embeddings().weight.detach().clone()
@@ -133,7 +133,6 @@ def build_student(kind: str, embedder: TokenEmbedder, classes: int, backbone: An
         else:
             raise TrajectorySetupError(f"student kind must be head or backbone, got {kind!r}")
     return model.eval()
-
 
 
 def trainable_names(model: nn.Module, spec: str = "all") -> list[str]:
