@@ -26,6 +26,7 @@ class LoopConfig:
     domain: str = field(default="clinical", metadata={"help": "Domain preset (a folder of data/) or the path of a domain.yaml."})
     run_dir: str = field(default="", metadata={"help": "Run directory (default: runs/<domain>-<teacher>-<student>). A new run refuses an existing one; use --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue the run in --run-dir where it stopped, with its stored config.yaml."})
+    dry_run: bool = field(default=False, metadata={"help": "Run the pre-flight checks, print the plan (models and what serves each, data, devices, stages, budgets) and exit; nothing is written."})
     iterations: int = field(default=1, metadata={"help": "Loop iterations (infer → … → evaluate)."})
     teacher: str = field(default="smollm2", metadata={"help": "Teacher model spec: smollm2, hf:PATH, vllm:PATH, openai:URL#MODEL."})
     student: str = field(default="smollm2?layers=15", metadata={"help": "Student model spec; smollm2?layers=N keeps N evenly spaced teacher layers."})
@@ -34,6 +35,9 @@ class LoopConfig:
     engine: str = field(default="auto", metadata={"help": "Inference engine for local models: auto (vLLM on CUDA, else transformers), transformers, vllm."})
     threads: int = field(default=0, metadata={"help": "CPU threads for the transformers engine; 0 chooses by how busy the machine is."})
     batch_size: int = field(default=16, metadata={"help": "Prompts per batch for the transformers engine."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on CUDA (local vllm: models): GPUs each model is split over."})
+    vllm_gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vLLM on CUDA: share of each GPU's memory a model may take (weights and KV cache)."})
+    vllm_max_model_len: int = field(default=4096, metadata={"help": "vLLM: the context length KV cache is reserved for."})
     probe_size: int = field(default=96, metadata={"help": "Seed-pool items the student answers each iteration to find its weak nodes."})
     eval_size: int = field(default=0, metadata={"help": "Eval-set items scored each iteration (0 = all of the domain's eval files)."})
     tree: str = field(default="", metadata={"help": "Ability tree JSON to start from (e.g. from python -m tree init); items' ability paths are added to it. Default: a tree built from the paths alone."})
@@ -60,6 +64,9 @@ class LoopConfig:
     kv_teacher_domains: str = field(default="", metadata={"help": "kv_fusion domain: the item sources each KV teacher owns, teachers separated by commas, sources by | (e.g. medmcqa|medqa,mmlu)."})
     kv_phase: int = field(default=0, metadata={"help": "Curriculum phase of the KV distillation (1-5, training/kv/recipes/curriculum.yaml); 0 = none, kv_fusion applies."})
     kv_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the KV objective in the training loss."})
+    train_launcher: str = field(default="in-process", metadata={"help": "How the train stage runs: in-process (this process, one device) or accelerate (accelerate launch -m training.distill in a subprocess: DDP over --train-num-processes GPUs, or FSDP / DeepSpeed from --train-accelerate-config; on a CPU, gloo processes). Its output goes to iteration_N/F_student_model.log."})
+    train_num_processes: int = field(default=2, metadata={"help": "accelerate: processes in all (one per GPU); --train-batch-size is split evenly between them."})
+    train_accelerate_config: str = field(default="", metadata={"help": "accelerate: an accelerate config file (from `accelerate config`) for FSDP or DeepSpeed on this machine; --train-num-processes overrides its num_processes. Empty: DDP on this machine."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, shuffles and training."})
     config: str = field(default="", metadata={"help": "YAML file with any of these options (command-line values win)."})
 
@@ -82,6 +89,9 @@ class LoopConfig:
             (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
+            (self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size must be >= 1"),
+            (0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization must be in (0, 1]"),
+            (self.vllm_max_model_len >= 16, "vllm_max_model_len must be >= 16"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
             (self.allocation in ("weakness", "uniform"), "allocation must be weakness or uniform"),
             (self.acceptance in ("both", "solver", "critic"), "acceptance must be both, solver or critic"),
@@ -89,6 +99,11 @@ class LoopConfig:
             (self.near_dup_metric in ("rouge_l", "jaccard", "embedding"), "near_dup_metric must be rouge_l, jaccard or embedding"),
             (self.kv_phase >= 0, "kv_phase must be >= 0 (0 = no curriculum phase)"),
             (self.kv_loss_weight >= 0, "kv_loss_weight must be >= 0"),
+            (self.train_launcher in ("in-process", "accelerate"), "train_launcher must be in-process or accelerate"),
+            (self.train_num_processes >= 1, "train_num_processes must be >= 1"),
+            (self.train_launcher != "accelerate" or self.train_batch_size % self.train_num_processes == 0,
+             "train_batch_size must be a multiple of train_num_processes (each process takes an equal share of every step)"),
+            (not self.train_accelerate_config or self.train_launcher == "accelerate", "train_accelerate_config needs train_launcher accelerate"),
             (not (self.kv_phase and not self.kv_teachers), "kv_phase needs kv_teachers"),
             (self.kv_fusion in ("fixed", "similarity", "learnable", "mince", "avgce", "domain"), "kv_fusion must be one of fixed, similarity, learnable, mince, avgce, domain"),
             (not self.kv_teacher_domains or len(self.kv_teacher_domains.split(",")) == len(self.kv_teacher_specs), "kv_teacher_domains needs one entry per KV teacher"),
@@ -108,6 +123,12 @@ class LoopConfig:
         return [spec.strip() for spec in self.solver.split(",")] if self.solver else [self.teacher]
 
     @property
+    def vllm_options(self) -> dict[str, Any]:
+        """The EngineConfig fields of the vllm_* options."""
+        return {"tensor_parallel_size": self.vllm_tensor_parallel_size, "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "max_model_len": self.vllm_max_model_len}
+
+    @property
     def critic_spec(self) -> str:
         return self.critic or self.teacher
 
@@ -117,12 +138,13 @@ class LoopConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for transient in ("resume", "config"):
+        for transient in TRANSIENT:
             d.pop(transient)
         return d
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(LoopConfig)}
+TRANSIENT = ("config", "resume", "dry_run")  # how to invoke, not what the run is: never stored or compared
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -160,7 +182,7 @@ def load_yaml_options(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in _FIELDS or name in ("config", "resume"):
+        if name not in _FIELDS or name in TRANSIENT:
             raise DataError(f"{path}: unknown option {key!r}")
         kind = _field_type(_FIELDS[name])
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -178,4 +200,4 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[LoopConfig, set[str
     if cli.get("config"):
         options.update(load_yaml_options(cli["config"]))
     options.update(cli)
-    return LoopConfig(**options), set(options) - {"config", "resume"}
+    return LoopConfig(**options), set(options) - set(TRANSIENT)

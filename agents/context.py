@@ -23,6 +23,7 @@ class EnginePool:
     engine: str = "auto"
     threads: int = 0
     batch_size: int = 16
+    options: dict = field(default_factory=dict)  # more EngineConfig fields (the vLLM ones of the run config)
     _loaded: dict = field(default_factory=dict)
 
     def get(self, spec: str):
@@ -30,7 +31,7 @@ class EnginePool:
         if spec not in self._loaded:
             from engines import EngineConfig, load_engine
 
-            config = EngineConfig(engine=self.engine, threads=self.threads, batch_size=self.batch_size)
+            config = EngineConfig(engine=self.engine, threads=self.threads, batch_size=self.batch_size, **self.options)
             logger.info("loading %s (%s engine)", spec, self.engine)
             self._loaded[spec] = load_engine(spec, config)
         return self._loaded[spec]

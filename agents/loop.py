@@ -2,6 +2,7 @@
 
     python -m agents.loop --domain clinical                 # one iteration of the embedded default
     python -m agents.loop --run-dir runs/x --resume         # continue a run that was stopped or killed
+    python -m agents.loop --teacher hf:big --dry-run        # check every setting, print the plan, write nothing
 
 Each stage writes its outputs into the run directory atomically; the LangGraph SQLite checkpointer in
 ``<run-dir>/checkpoints.sqlite`` records which stages finished, so a killed run resumes where it stopped.
@@ -20,10 +21,12 @@ import yaml
 
 from agents.config import LoopConfig, parse_config
 from agents.context import EnginePool, LoopContext
+from agents.preflight import PreflightError, preflight
 from agents.run_dir import RunDir
 from agents.summary import print_summary
 from data.domains import get_domain
 from data.records import DataError, atomic_write_text
+from data.run_lock import LOCK_NAME, RunLock, RunLockedError, RunLockError
 from tree.ability_tree import AbilityTree
 
 logger = logging.getLogger("agents.loop")
@@ -50,8 +53,8 @@ def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig,
                 f"--resume keeps the run's stored options; these differ from {run.config_file}: "
                 + ", ".join(f"{k} (stored {stored.get(k)!r})" for k in changed)
             )
-        return LoopConfig(**stored, resume=True), run
-    if run.root.exists() and any(run.root.iterdir()):
+        return LoopConfig(**stored, resume=True, dry_run=config.dry_run), run
+    if run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
         raise UsageError(f"run directory {root} already exists; continue it with --resume or choose another --run-dir")
     config.run_dir = str(root)
     return config, run
@@ -64,7 +67,7 @@ def run_loop(config: LoopConfig, run: RunDir) -> dict:
     from agents.graph import build_graph
 
     domain = get_domain(config.domain)
-    ctx = LoopContext(config=config, run=run, domain=domain, engines=EnginePool(config.engine, config.threads, config.batch_size))
+    ctx = LoopContext(config=config, run=run, domain=domain, engines=EnginePool(config.engine, config.threads, config.batch_size, config.vllm_options))
     # Read and validate every data file before anything is written: bad data must leave no run dir.
     ctx.seed_items, ctx.eval_items  # noqa: B018 (cached properties, evaluated for their validation)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -93,23 +96,57 @@ def run_loop(config: LoopConfig, run: RunDir) -> dict:
         conn.close()
 
 
+def _hold_new_run(run: RunDir) -> RunLock:
+    """Create the run directory and lock it; refuse it if another new run took it in between."""
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(run.root).acquire()
+    except RunLockError as e:
+        if created and not isinstance(e, RunLockedError):  # this filesystem cannot lock: leave nothing behind
+            (run.root / LOCK_NAME).unlink(missing_ok=True)
+            run.root.rmdir()
+        raise
+    if run.config_file.exists():
+        lock.release()
+        raise UsageError(f"run directory {run.root} was just started by another process; continue it with --resume")
+    return lock
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    lock: RunLock | None = None
     try:
         config, explicit = parse_config(argv)
         config, run = _resolve_config(config, explicit)
+        if config.resume and not config.dry_run:  # a second process on a working run stops here, having written nothing
+            lock = RunLock(run.root).acquire()
         domain = get_domain(config.domain)  # fail on a bad domain or tree file before anything is created
         if config.tree and (root := AbilityTree.load(config.tree).root).casefold() != domain.root.casefold():
             raise DataError(f"{config.tree}: the tree's root {root!r} is not the domain's root {domain.root!r}")
-    except (UsageError, DataError, ValueError) as e:
+        plan = preflight(config, run.root, domain, devices=config.dry_run)
+        if config.dry_run:
+            print(plan.render())
+            return 0
+        lock = lock or _hold_new_run(run)
+    except (UsageError, DataError, PreflightError, RunLockError, ValueError) as e:
+        if lock is not None:
+            lock.release()
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    from training.launch import LaunchError
+
     try:
         state = run_loop(config, run)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except LaunchError as e:  # the stages before train are kept: a resumed run starts at train
+        print(f"error: {e}\nthe run stopped in its train stage; fix the cause, then continue: python -m agents.loop --run-dir {run.root} --resume", file=sys.stderr)
+        return 1
+    finally:
+        lock.release()
     history = state.get("history", [])
     print_summary(run.root, history, total_seconds=time.perf_counter() - t0)
     return 0

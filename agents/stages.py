@@ -272,6 +272,8 @@ def train_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     values = {k: getattr(c, k) for k in ("alpha", "temperature", "train_epochs", "learning_rate", "train_batch_size", "lora", "seed", "teacher")}
     if c.kv_teacher_specs:  # only then: runs without KV teachers keep their fingerprints
         values.update({k: getattr(c, k) for k in ("kv_teachers", "kv_fusion", "kv_teacher_domains", "kv_phase", "kv_loss_weight")})
+    if c.train_launcher != "in-process":  # likewise for runs trained in the loop's own process
+        values.update({k: getattr(c, k) for k in ("train_launcher", "train_num_processes", "train_accelerate_config")})
     values["student"] = state["student"]
     return values, [ctx.run.stage(state["iteration"], "label"), *_model_inputs(state["student"])]
 
@@ -288,26 +290,35 @@ def train_kv_options(c: Any) -> dict[str, Any]:
 
 
 def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from training.distill import distill, distill_config
-    from training.mcq_data import read_training_items
+    from training.distill import distill, distill_overrides
 
     it, c = state["iteration"], ctx.config
     ctx.engines.release()  # give the trainer the memory the inference engines held
     labels = ctx.run.stage(it, "label")
-    items = read_training_items([labels / "items.jsonl"])
-    config = distill_config(
-        output_dir=str(out),
+    processes = c.train_num_processes if c.train_launcher == "accelerate" else 1
+    overrides = distill_overrides(
+        lora=c.lora,
         alpha=c.alpha,
         temperature=c.temperature,
         num_train_epochs=c.train_epochs,
         learning_rate=c.learning_rate,
-        per_device_train_batch_size=c.train_batch_size,
+        per_device_train_batch_size=c.train_batch_size // processes,  # the same examples per optimizer step
         seed=c.seed + it,
         top_k=c.top_k,
-        lora=c.lora,
         **train_kv_options(c),
     )
-    metrics = distill(_local_path(state["student"]), items, out, config, logits_dir=labels)
+    student = _local_path(state["student"])
+    if c.train_launcher == "accelerate":
+        from training.launch import LaunchConfig, launch_distill
+
+        launch = LaunchConfig(num_processes=processes, accelerate_config=c.train_accelerate_config, log_file=str(out.parent / f"{out.name}.log"))
+        metrics = launch_distill(student, [labels / "items.jsonl"], out, overrides, launch, logits_dir=labels)
+    else:
+        from training.kd_config import KDConfig
+        from training.mcq_data import read_training_items
+
+        items = read_training_items([labels / "items.jsonl"])
+        metrics = distill(student, items, out, KDConfig(output_dir=str(out), **overrides), logits_dir=labels)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 

@@ -40,9 +40,11 @@ class EngineConfig:
     max_logprobs: int = field(default=64, metadata={"help": "vLLM: the largest k topk_logprobs may ask for."})
     enforce_eager: bool = field(default=True, metadata={"help": "vLLM: skip compilation (CPU start-up ~13-22 s instead of 105-180 s)."})
     gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vLLM on CUDA: share of GPU memory to use."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM on CUDA: GPUs one model is split over (tensor parallelism)."})
     concurrency: int = field(default=8, metadata={"help": "OpenAI-compatible HTTP: requests in flight."})
     timeout_s: float = field(default=120.0, metadata={"help": "OpenAI-compatible HTTP: per request."})
-    max_retries: int = field(default=4, metadata={"help": "OpenAI-compatible HTTP: retries on 429/5xx/connection errors."})
+    max_retries: int = field(default=4, metadata={"help": "OpenAI-compatible HTTP: retries of a request answered with 429/5xx, and waits for a replica when every one is out of rotation."})
+    replica_cooldown_s: float = field(default=2.0, metadata={"help": "OpenAI-compatible HTTP: how long a replica that did not answer stays out of rotation (doubling with each failure in a row, up to 60 s)."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "OpenAI-compatible HTTP: environment variable with the key."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (stderr) during each engine call."})
 
@@ -61,8 +63,10 @@ class EngineConfig:
             raise ValueError("max_model_len must be >= 16 and max_logprobs >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout_s > 0")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0 or self.replica_cooldown_s <= 0:
+            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout_s > 0, replica_cooldown_s > 0")
         if not self.api_key_env:
             raise ValueError("api_key_env must name an environment variable")
 

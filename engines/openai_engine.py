@@ -1,14 +1,16 @@
 """OpenAI-compatible HTTP engine: any ``vllm serve`` replica or hosted model.
 
-Requests run concurrently (a thread pool, ``concurrency`` in flight), are retried with exponential
-backoff on 429/5xx and connection errors, and rotate round-robin over several base URLs
-(``openai:http://a:8000/v1,http://b:8000/v1#model``) — the path to many machines. Chat messages go to
+Requests run concurrently (a thread pool, ``concurrency`` in flight) and rotate round-robin over several
+base URLs (``openai:http://a:8000/v1,http://b:8000/v1#model``) — the path to many machines. A replica
+that stops answering leaves the rotation for a while (engines.replicas) and its requests go to the
+others; 429/5xx answers are retried with exponential backoff. Chat messages go to
 ``/chat/completions``, raw strings to ``/completions``. stdlib only: no client library needed.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
+import http.client
 import json
 import logging
 import os
@@ -16,12 +18,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import Completion, EngineCapabilityError, Prompt, SamplingParams, progress_bar
+from engines.base import (
+    Completion,
+    EngineCapabilityError,
+    Prompt,
+    SamplingParams,
+    progress_bar,
+)
+from engines.replicas import ReplicaPool
 
 logger = logging.getLogger(__name__)
 
@@ -48,38 +58,60 @@ class OpenAIEngine:
         self.max_retries = config.max_retries
         self.api_key = os.environ.get(config.api_key_env, "")
         self.progress = config.progress
-        self._next_url = itertools.cycle(self.base_urls)
+        self._pool = ReplicaPool(self.base_urls, cooldown_s=config.replica_cooldown_s)
         self._lock = threading.Lock()
+        # Requests sent (every attempt), answered, and moved to another replica after one did not answer.
+        self.stats: collections.Counter = collections.Counter(sent=0, answered=0, failed_over=0)
 
     # ------------------------------------------------------------------------------------ transport
 
     def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to a replica that answers. A replica that does not is taken out of rotation and the
+        request goes to another at once (its id in ``X-Request-Id``; only one answer is ever used);
+        429/5xx answers are retried with backoff. Fails only when no replica is left or retries run out."""
         data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "X-Request-Id": uuid.uuid4().hex}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        delay = 0.5
-        for attempt in range(self.max_retries + 1):
-            with self._lock:
-                url = next(self._next_url) + route
+        delay, refused, all_out = 0.5, 0, 0
+        while True:
+            url = self._pool.pick()
+            if url is None:  # every replica is out: wait for the first to come back, max_retries times
+                if all_out == self.max_retries:
+                    raise HTTPEngineError(f"{self.name}: no replica answers ({self._pool.describe()}); start the server(s) or fix the URL(s)")
+                all_out += 1
+                wait = self._pool.wait_s()
+                logger.warning("%s: every replica is out of rotation; trying again in %.1f s", self.name, wait)
+                time.sleep(wait)
+                continue
+            self._count("sent")
             try:
-                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+                req = urllib.request.Request(url + route, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read())
-            except urllib.error.HTTPError as e:
+                    answer = json.loads(resp.read())
+                self._pool.answered(url)
+                self._count("answered")
+                return answer
+            except urllib.error.HTTPError as e:  # the replica answered, with an error
+                self._pool.answered(url)
                 detail = e.read()[:300].decode(errors="replace")
-                if e.code not in RETRY_STATUS or attempt == self.max_retries:
-                    raise HTTPEngineError(f"{url}: HTTP {e.code}: {detail}") from None
+                if e.code not in RETRY_STATUS or refused == self.max_retries:
+                    raise HTTPEngineError(f"{url}{route}: HTTP {e.code}: {detail}") from None
+                refused += 1
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else delay
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                if attempt == self.max_retries:
-                    raise HTTPEngineError(f"{url}: {e}") from None
-                wait = delay
-            logger.warning("%s: attempt %d failed, retrying in %.1f s", url, attempt + 1, wait)
-            time.sleep(wait)
-            delay = min(delay * 2, 30.0)
-        raise HTTPEngineError("unreachable")
+                logger.warning("%s: HTTP %d, retrying in %.1f s", url, e.code, wait)
+                time.sleep(wait)
+                delay = min(delay * 2, 30.0)
+            except (urllib.error.URLError, http.client.HTTPException, OSError, json.JSONDecodeError) as e:
+                reason = str(getattr(e, "reason", "") or e) or type(e).__name__
+                cooldown = self._pool.failed(url, reason)
+                self._count("failed_over")
+                logger.warning("%s: %s; out of rotation for %.0f s, the request goes to another replica", url, reason, cooldown)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
         """``fn`` over ``items`` with at most ``concurrency`` requests in flight; results in input order."""

@@ -40,6 +40,7 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {}
         if on_cuda:
             kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+            kwargs["tensor_parallel_size"] = config.tensor_parallel_size
             dtype = "bfloat16" if config.dtype == "auto" else config.dtype
         else:
             _cpu_env_defaults()

@@ -6,19 +6,36 @@ real tiny transformers model, so the client's results can be compared with the l
 
 from __future__ import annotations
 
-import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from data.records import MCQItem
 from engines import EngineCapabilityError, EngineConfig, SamplingParams, load_engine
 from engines.hf_engine import TransformersEngine
 from engines.openai_engine import HTTPEngineError
+from engines.replicas import ReplicaPool
+from synth.generate import NodeBrief, SynthConfig, generate_items
+from tests.openai_server import serve
 
+ROOT = Path(__file__).resolve().parents[1]
+POOL_NODES = {
+    "root/anatomy": NodeBrief("root/anatomy", "anatomy", "Gross anatomy", ("confuses nerves",), ("root", "anatomy")),
+    "root/virology": NodeBrief("root/virology", "virology", "", ("confuses DNA and RNA viruses",), ("root", "virology")),
+}
+POOL_EXEMPLARS = {
+    node: [MCQItem(id=f"seed-{node}-{i}", question=f"Seed question {i} about {node}?", options={k: f"option {k}{i}" for k in "ABCD"},
+                   answer_idx="A", ability_path=["root", node.split("/")[1]]) for i in range(2)]
+    for node in POOL_NODES
+}
 PROMPTS = [
     [{"role": "user", "content": "What is the first-line drug for anaphylaxis?"}],
     "Plain text prompt",
@@ -32,73 +49,12 @@ def backend(tiny_teacher_path) -> TransformersEngine:
     return load_engine(f"hf:{tiny_teacher_path}", "transformers", batch_size=4, threads=1)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-
-def _serve(backend: TransformersEngine, fail_first: int = 0, delay_s: float = 0.0):
-    """Start a server; ``fail_first`` requests get a 503, each answer waits ``delay_s`` (to see concurrency)."""
-    state = {"fail": fail_first, "in_flight": 0, "max_in_flight": 0, "requests": 0, "auth": set(), "bodies": []}
-    lock, model_lock = threading.Lock(), threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep test output clean
-            return
-
-        def _reply(self, code: int, payload: dict | None = None) -> None:
-            data = json.dumps(payload or {}).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                state["requests"] += 1
-                state["auth"].add(self.headers.get("Authorization"))
-                state["bodies"].append(body)
-                if state["fail"] > 0:
-                    state["fail"] -= 1
-                    return self._reply(503, {"error": "overloaded"})
-                state["in_flight"] += 1
-                state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
-            try:
-                time.sleep(delay_s)
-                chat = self.path.endswith("/chat/completions")
-                prompt = body["messages"] if chat else body["prompt"]
-                with model_lock:  # one model: serialise its use, not the HTTP handling
-                    if body.get("max_tokens") == 1 and (body.get("logprobs") or body.get("top_logprobs")):
-                        scores = backend.choice_logprobs([prompt], ["A", "B", "C", "D"])[0]
-                        top = {t: v for c, v in scores.items() for t in (c, " " + c)}
-                        if chat:
-                            entries = [{"token": k, "logprob": v} for k, v in top.items()]
-                            choice = {"message": {"content": "A"}, "logprobs": {"content": [{"token": "A", "top_logprobs": entries}]}}
-                        else:
-                            choice = {"text": "A", "logprobs": {"top_logprobs": [top]}}
-                        tokens = 1
-                    else:
-                        c = backend.generate([prompt], SamplingParams(max_new_tokens=body["max_tokens"], stop=body.get("stop") or []))[0]
-                        choice = {"message": {"content": c.text}} if chat else {"text": c.text}
-                        choice["finish_reason"] = c.finish_reason
-                        tokens = c.num_tokens
-                self._reply(200, {"choices": [choice], "usage": {"completion_tokens": tokens}})
-            finally:
-                with lock:
-                    state["in_flight"] -= 1
-
-    server = _Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, state
-
-
 def _url(server) -> str:
     return f"http://127.0.0.1:{server.server_port}/v1"
 
 
 def test_generate_and_scores_match_the_local_engine_after_a_503(backend):
-    server, state = _serve(backend, fail_first=1)
+    server, state = serve(backend, fail_first=1)
     try:
         client = load_engine(f"openai:{_url(server)}#tiny", EngineConfig(concurrency=3, max_retries=2))
         params = SamplingParams(max_new_tokens=6)
@@ -121,7 +77,7 @@ def test_generate_and_scores_match_the_local_engine_after_a_503(backend):
 
 
 def test_requests_run_concurrently_up_to_the_limit(backend):
-    server, state = _serve(backend, delay_s=0.3)
+    server, state = serve(backend, delay_s=0.3)
     try:
         client = load_engine(f"openai:{_url(server)}#tiny", EngineConfig(concurrency=3))
         t0 = time.perf_counter()
@@ -135,7 +91,7 @@ def test_requests_run_concurrently_up_to_the_limit(backend):
 
 def test_a_seeded_call_gives_each_prompt_its_own_seed(backend):
     """The same prompt repeated in one call must be able to sample differently: prompt i gets seed + i."""
-    server, state = _serve(backend)
+    server, state = serve(backend)
     try:
         client = load_engine(f"openai:{_url(server)}#tiny", EngineConfig(concurrency=2))
         client.generate(["same"] * 3, SamplingParams(max_new_tokens=2, temperature=0.7, seed=40))
@@ -147,8 +103,8 @@ def test_a_seeded_call_gives_each_prompt_its_own_seed(backend):
 
 
 def test_round_robin_skips_a_dead_replica_and_sends_the_key(backend, monkeypatch):
-    a, state_a = _serve(backend)
-    b, state_b = _serve(backend)
+    a, state_a = serve(backend)
+    b, state_b = serve(backend)
     with socket.socket() as s:  # a port nobody listens on: connection refused
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
@@ -166,7 +122,7 @@ def test_round_robin_skips_a_dead_replica_and_sends_the_key(backend, monkeypatch
 
 
 def test_gives_up_after_retries(backend):
-    server, state = _serve(backend, fail_first=10)
+    server, state = serve(backend, fail_first=10)
     try:
         client = load_engine(f"openai:{_url(server)}#tiny", EngineConfig(max_retries=1))
         with pytest.raises(HTTPEngineError, match="HTTP 503"):
@@ -174,3 +130,71 @@ def test_gives_up_after_retries(backend):
         assert state["requests"] == 2
     finally:
         server.shutdown()
+
+
+def test_replica_pool_rotation_cooldown_and_return():
+    now = [0.0]
+    pool = ReplicaPool(["a", "b"], cooldown_s=2.0, max_cooldown_s=5.0, clock=lambda: now[0])
+    assert [pool.pick() for _ in range(4)] == ["a", "b", "a", "b"]
+    assert pool.failed("a", "connection refused") == 2.0
+    assert pool.failed("a", "connection reset") == 2.0, "requests in flight when it went out do not lengthen the cool-down"
+    assert [pool.pick() for _ in range(3)] == ["b", "b", "b"]
+    assert pool.failed("b", "timed out") == 2.0
+    assert pool.pick() is None and pool.wait_s() == 2.0
+    assert pool.describe() == "a: connection reset; b: timed out"
+    now[0] = 2.0  # both back: a fails again (4 s), then again (5 s: the cap)
+    assert {pool.pick(), pool.pick()} == {"a", "b"}
+    assert pool.failed("a", "refused") == 4.0
+    now[0] = 6.0
+    assert pool.failed("a", "refused") == 5.0
+    pool.answered("a")  # its first answer brings it back at once, and resets the doubling
+    assert "a" in {pool.pick(), pool.pick()} and pool.failed("a", "refused") == 2.0
+
+
+def _server_process(model: Path, delay_s: float) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--model", str(model), "--delay-s", str(delay_s)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    first = proc.stdout.readline().split()
+    assert first[:1] == ["listening"], first
+    return proc, f"http://127.0.0.1:{first[1]}/v1"
+
+
+def test_a_replica_killed_mid_stage_loses_no_request_and_repeats_none(tiny_teacher_path):
+    """Two server processes; one is SIGKILLed after its third answer, in the middle of a generate stage
+    (synth.generate_items, what the loop's generate node runs): the stage completes on the other, with
+    every requested item's result exactly once."""
+    (a, url_a), (b, url_b) = _server_process(tiny_teacher_path, 0.2), _server_process(tiny_teacher_path, 0.2)
+    answered: dict[str, list[str]] = {"a": [], "b": []}
+    killed = threading.Event()
+
+    def watch(proc: subprocess.Popen, key: str) -> None:
+        for line in proc.stdout:
+            if line.startswith("answered "):
+                answered[key].append(line.split()[1])
+                if key == "a" and len(answered["a"]) == 3:
+                    proc.send_signal(signal.SIGKILL)
+                    killed.set()
+
+    watchers = [threading.Thread(target=watch, args=(p, k), daemon=True) for p, k in ((a, "a"), (b, "b"))]
+    for t in watchers:
+        t.start()
+    try:
+        client = load_engine(f"openai:{url_a},{url_b}#tiny", EngineConfig(concurrency=4, max_retries=3, progress=False))
+        requested = {"root/anatomy": 8, "root/virology": 8}
+        result = generate_items(client, requested, POOL_NODES, POOL_EXEMPLARS, SynthConfig(seed=1, rounds=1, max_new_tokens=16))
+        assert killed.is_set(), "the replica was not killed during the stage; nothing was tested"
+        ids = [item.id for item in result.items] + [r["id"] for r in result.rejected]
+        assert len(ids) == len(set(ids)) == sum(requested.values()), "each requested item is there once, parsed or not"
+        stats = client.stats
+        assert stats["answered"] == 16 and stats["failed_over"] >= 1 and stats["sent"] == stats["answered"] + stats["failed_over"]
+        b.terminate()
+        b.wait(timeout=30)
+        assert len(answered["b"]) >= 16 - len(answered["a"]) and len(set(answered["a"] + answered["b"])) == len(answered["a"] + answered["b"])
+        print(f"pool: {stats['sent']} sent, {stats['failed_over']} failed over, {stats['answered']} answered "
+              f"(a {len(answered['a'])} before its kill, b {len(answered['b'])}), {len(ids)} results, {len(ids) - len(set(ids))} duplicates")
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)

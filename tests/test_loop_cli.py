@@ -141,3 +141,47 @@ def test_encoder_options_of_the_loop(tmp_path):
     for args, message in [(["--near-dup-metric", "cosine"], "near_dup_metric must be"), (["--exemplar-choice", "best"], "exemplar_choice must be")]:
         p = run_loop(*args, cwd=tmp_path)
         assert p.returncode == 2 and message in p.stderr
+
+
+def test_launcher_and_vllm_options_reach_the_stages(tmp_path, monkeypatch):
+    """train_launcher's fields enter the train fingerprint only when set (older runs keep theirs); the
+    vllm_* fields reach every engine the pool loads; bad combinations exit 2 naming the option."""
+    import engines
+    from agents.context import EnginePool, LoopContext
+    from agents.run_dir import RunDir
+    from agents.stages import train_inputs
+    from data.domains import get_domain
+
+    state = {"iteration": 1, "student": "smollm2"}
+    plain = LoopContext(parse_config([])[0], RunDir(tmp_path / "run"), get_domain("clinical"), EnginePool())
+    assert "train_launcher" not in train_inputs(plain, state)[0]
+    config, _ = parse_config(["--train-launcher", "accelerate", "--train-num-processes", "4", "--train-batch-size", "8"])
+    launched = LoopContext(config, RunDir(tmp_path / "run"), get_domain("clinical"), EnginePool())
+    assert train_inputs(launched, state)[0]["train_num_processes"] == 4
+
+    config, _ = parse_config(["--vllm-tensor-parallel-size", "2", "--vllm-max-model-len", "2048", "--vllm-gpu-memory-utilization", "0.5"])
+    seen = []
+    monkeypatch.setattr(engines, "load_engine", lambda spec, cfg: seen.append(cfg) or object())
+    pool = EnginePool(config.engine, config.threads, config.batch_size, config.vllm_options)
+    pool.get("vllm:smollm2")
+    assert (seen[0].tensor_parallel_size, seen[0].max_model_len, seen[0].gpu_memory_utilization) == (2, 2048, 0.5)
+
+    for args, message in [(["--train-launcher", "slurm"], "train_launcher must be in-process or accelerate"),
+                          (["--train-launcher", "accelerate", "--train-num-processes", "3"], "train_batch_size must be a multiple of train_num_processes"),
+                          (["--train-accelerate-config", "x.yaml"], "train_accelerate_config needs train_launcher accelerate"),
+                          (["--vllm-tensor-parallel-size", "0"], "vllm_tensor_parallel_size must be >= 1")]:
+        p = run_loop(*args, cwd=tmp_path)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+
+
+def test_a_bad_accelerate_config_is_refused_before_anything_is_written(tmp_path):
+    base = ["--train-launcher", "accelerate", "--run-dir", str(tmp_path / "run")]
+    p = run_loop(*base, "--train-accelerate-config", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert p.returncode == 2 and f"--train-accelerate-config: {tmp_path / 'none.yaml'} not found" in p.stderr
+    (tmp_path / "multi.yaml").write_text("distributed_type: MULTI_GPU\nnum_machines: 2\nnum_processes: 16\n")
+    p = run_loop(*base, "--train-accelerate-config", str(tmp_path / "multi.yaml"), cwd=tmp_path)
+    assert p.returncode == 2 and "asks for 2 machines" in p.stderr
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nnum_machines: 1\n")
+    p = run_loop(*base, "--train-accelerate-config", str(tmp_path / "fsdp.yaml"), "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0 and "training: accelerate launch, 2 processes, 4 examples each per step, config" in p.stdout and "(FSDP)" in p.stdout
+    assert not (tmp_path / "run").exists()

@@ -48,14 +48,19 @@ def resolve_model_path(spec: str | os.PathLike) -> Path:
     return Path(parse_spec(str(spec)).local_path())
 
 
-def distill_config(output_dir: str, *, lora: bool = False, **overrides: Any) -> KDConfig:
-    """A KDConfig with the loop's defaults: no reporting or checkpoints, a log entry every step, LoRA
-    rank 16 when ``lora``. ``overrides`` are any KDConfig fields."""
+def distill_overrides(*, lora: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The KDConfig fields of the loop's defaults: no reporting or checkpoints, a log entry every step,
+    LoRA rank 16 when ``lora``; ``overrides`` are any KDConfig fields. (What ``training.launch`` sends.)"""
     values: dict[str, Any] = {"report_to": "none", "save_strategy": "no", "logging_steps": 1}
     if lora:
         values["lora_r"] = 16
     values.update(overrides)
-    return KDConfig(output_dir=output_dir, **values)
+    return values
+
+
+def distill_config(output_dir: str, *, lora: bool = False, **overrides: Any) -> KDConfig:
+    """A KDConfig with the loop's defaults (``distill_overrides``)."""
+    return KDConfig(output_dir=output_dir, **distill_overrides(lora=lora, **overrides))
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -192,6 +197,10 @@ def make_parser():
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from training.lifetime import DIE_WITH_PARENT_ENV, die_with_parent
+
+    if os.environ.get(DIE_WITH_PARENT_ENV):  # launched by training.launch: stop when the launcher stops
+        die_with_parent()
     parser = make_parser()
     try:
         args, config = parser.parse_args_and_config(None if argv is None else list(argv))

@@ -1,0 +1,175 @@
+"""Checks a run makes before it writes anything, and the plan ``--dry-run`` prints.
+
+Everything a stage would trip on late is tried here first, in seconds: every model spec resolves (a
+folder with a config and a tokenizer, the embedded wheels, vLLM importable where it is asked for, each
+``openai:`` endpoint answering its model list with the named model in it), the domain's data files and
+the tree parse, the run directory can be created. A failure is one line naming the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from agents.config import LoopConfig
+from data.domains import Domain
+from data.run_layout import STAGE_DIRS
+from engines.check import SpecCheck, check_spec
+from engines.spec import SpecError, parse_spec
+
+
+class PreflightError(Exception):
+    """A setting that would fail the run later: printed as one line, exit code 2, nothing written."""
+
+
+@dataclass
+class Plan:
+    """What a run will do: the models (by option) and what serves them, the data, the stages."""
+
+    run_dir: Path
+    models: list[tuple[str, SpecCheck]] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    devices: str = ""
+    stages: list[str] = field(default_factory=list)
+    budgets: dict[str, object] = field(default_factory=dict)
+    training: str = ""
+
+    def render(self) -> str:
+        width = max((len(option) for option, _ in self.models), default=0)
+        lines = [f"run directory: {self.run_dir}", "models:"]
+        for option, check in self.models:
+            detail = f" ({check.note})" if check.note else ""
+            lines.append(f"  {option:<{width}}  {check.spec}  on {check.backend}: {check.where}{detail}")
+        lines += ["data:", *(f"  {d}" for d in self.data), f"devices: {self.devices}", f"training: {self.training}",
+                  "stages per iteration: " + " → ".join(self.stages)]
+        lines.append("budgets: " + ", ".join(f"{k} {v}" for k, v in self.budgets.items()))
+        return "\n".join(lines)
+
+
+def _check(option: str, spec: str, engine: str, *, generates: bool = True) -> SpecCheck:
+    try:
+        return check_spec(spec, engine, generates=generates)
+    except SpecError as e:
+        raise PreflightError(f"{option}: {e}") from None
+
+
+def _check_encoder(spec: str) -> SpecCheck:
+    """--encoder: a sentence-transformers folder, minilm or st:<folder>."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if not (folder / "modules.json").is_file():
+            raise PreflightError(f"--encoder: {folder} is not a sentence-transformers folder (no modules.json)")
+        return SpecCheck(spec, "encoder", str(folder))
+    try:
+        kind = parse_spec(spec).kind
+    except SpecError as e:
+        raise PreflightError(f"--encoder: {e}") from None
+    if kind not in ("minilm", "st"):
+        raise PreflightError(f"--encoder: {spec!r} is not a sentence encoder; give minilm, st:<folder> or a sentence-transformers folder")
+    return _check("--encoder", spec, "auto", generates=False)
+
+
+def _check_writable(root: Path) -> None:
+    """The run directory exists as a folder we may write, or its nearest existing parent is one."""
+    probe = root
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PreflightError(f"--run-dir: {probe} exists and is not a folder; choose another --run-dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PreflightError(f"--run-dir: {probe} is not writable by this user; choose another --run-dir")
+
+
+def _check_training(config: LoopConfig) -> str:
+    """The train stage's launcher: its accelerate config parses, the GPUs it asks for exist."""
+    if config.train_launcher == "in-process":
+        return "in this process"
+    where = f"accelerate launch, {config.train_num_processes} processes, {config.train_batch_size // config.train_num_processes} examples each per step"
+    if config.train_accelerate_config:
+        path = Path(config.train_accelerate_config)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PreflightError(f"--train-accelerate-config: {path} not found; write one with `accelerate config --config_file {path}`") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise PreflightError(f"--train-accelerate-config: {path} is not a readable YAML file ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise PreflightError(f"--train-accelerate-config: {path} is not an accelerate config (expected a mapping such as distributed_type: MULTI_GPU)")
+        if int(raw.get("num_machines", 1) or 1) > 1:
+            raise PreflightError(f"--train-accelerate-config: {path} asks for {raw['num_machines']} machines; the loop starts the training on this "
+                                 "machine only, so train across machines outside it (python -m training.distill under your scheduler) for now")
+        return where + f", config {path} ({raw.get('distributed_type', 'distributed_type not set')})"
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < config.train_num_processes:
+        raise PreflightError(f"--train-num-processes {config.train_num_processes}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "ask for at most that many")
+    return where + (" (DDP on the CUDA devices)" if torch.cuda.is_available() else " (gloo on the CPU)")
+
+
+def _devices() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"{len(names)} CUDA device(s): " + ", ".join(names)
+    return f"CPU only ({os.cpu_count()} cores)"
+
+
+def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: bool = False) -> Plan:
+    """Raise PreflightError (one line) on the first setting that would fail; else the run's plan.
+
+    ``devices`` also describes the accelerators (imports torch: for ``--dry-run``).
+    """
+    _check_writable(run_dir)
+    plan = Plan(run_dir=run_dir)
+    seen: dict[tuple[str, bool], SpecCheck] = {}
+
+    def add(option: str, spec: str, *, generates: bool = True) -> SpecCheck:
+        key = (spec, generates)
+        if key not in seen:
+            check = _check(option, spec, config.engine, generates=generates)
+            if check.backend == "vllm":
+                vllm = f"tensor parallel {config.vllm_tensor_parallel_size}, GPU memory {config.vllm_gpu_memory_utilization:g}, max length {config.vllm_max_model_len}"
+                check = dataclasses.replace(check, note=f"{check.note}, {vllm}" if check.note else vllm)
+            seen[key] = check
+        plan.models.append((option, seen[key]))
+        return seen[key]
+
+    teacher = add("--teacher", config.teacher)
+    if teacher.backend == "openai":
+        raise PreflightError(
+            f"--teacher {config.teacher}: the label stage stores the teacher's top-k log-probs over the items' "
+            "tokens, which an HTTP server cannot return; give a local teacher (hf:/vllm:/smollm2) and serve "
+            "--solver/--critic over openai: if you like"
+        )
+    if add("--student", config.student).backend == "openai":
+        raise PreflightError(f"--student {config.student}: the student is trained here, so it must be a local model (hf:, vllm: or smollm2), not an HTTP server")
+    if config.acceptance != "critic":
+        for spec in config.solver_specs:
+            add("--solver", spec)
+    if config.acceptance != "solver":
+        add("--critic", config.critic_spec)
+    for spec in config.kv_teacher_specs:
+        if add("--kv-teachers", spec, generates=False).backend == "openai":
+            raise PreflightError(f"--kv-teachers {spec}: KV-cache teachers run inside the trainer; give local models")
+    if config.encoder and "embedding" in (config.near_dup_metric, config.exemplar_choice):
+        plan.models.append(("--encoder", _check_encoder(config.encoder)))
+
+    plan.training = _check_training(config)
+    seed, evals = domain.seed_items(), domain.eval_items()  # DataError (file:line) on a bad file
+    plan.data = [f"seed pool: {len(seed)} items from {', '.join(str(p) for p in domain.seed_files)}",
+                 f"eval set: {len(evals)} items" + (f" (first {config.eval_size} used)" if config.eval_size else "")]
+    if config.tree:
+        plan.data.append(f"tree: {config.tree}")
+    plan.devices = _devices() if devices else ""
+    plan.stages = list(STAGE_DIRS)
+    plan.budgets = {"iterations": config.iterations, "probe_size": config.probe_size, "budget (items generated)": config.budget,
+                    "replay": config.replay, "train_epochs": config.train_epochs, "eval_size": config.eval_size or "all"}
+    return plan
