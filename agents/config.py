@@ -29,6 +29,7 @@ class LoopConfig:
     dry_run: bool = field(default=False, metadata={"help": "Run the pre-flight checks, print the plan (models and what serves each, data, devices, stages, budgets) and exit; nothing is written."})
     iterations: int = field(default=1, metadata={"help": "Loop iterations (infer → … → evaluate)."})
     teacher: str = field(default="smollm2", metadata={"help": "Teacher model spec: smollm2, hf:PATH, vllm:PATH, openai:URL#MODEL."})
+    label_teacher: str = field(default="", metadata={"help": "Local weights of the teacher for the label stage (its top-k log-probs over the items' tokens need them), when --teacher is served over openai:, e.g. hf:/models/teacher (the same model). Default: the teacher."})
     student: str = field(default="smollm2?layers=15", metadata={"help": "Student model spec; smollm2?layers=N keeps N evenly spaced teacher layers."})
     solver: str = field(default="", metadata={"help": "Blind-solver agent model spec, or several separated by commas (e.g. of different families; their votes are pooled). Default: the teacher."})
     critic: str = field(default="", metadata={"help": "Critic agent model spec (default: the teacher)."})
@@ -127,6 +128,11 @@ class LoopConfig:
         """The EngineConfig fields of the vllm_* options."""
         return {"tensor_parallel_size": self.vllm_tensor_parallel_size, "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
                 "max_model_len": self.vllm_max_model_len}
+
+    @property
+    def label_spec(self) -> str:
+        """The model whose top-k log-probs the label stage stores: --label-teacher, else the teacher."""
+        return self.label_teacher or self.teacher
 
     @property
     def critic_spec(self) -> str:

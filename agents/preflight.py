@@ -143,11 +143,14 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
         return seen[key]
 
     teacher = add("--teacher", config.teacher)
+    if config.label_teacher:
+        teacher = add("--label-teacher", config.label_teacher)
     if teacher.backend == "openai":
+        option = "--label-teacher" if config.label_teacher else "--teacher"
         raise PreflightError(
-            f"--teacher {config.teacher}: the label stage stores the teacher's top-k log-probs over the items' "
-            "tokens, which an HTTP server cannot return; give a local teacher (hf:/vllm:/smollm2) and serve "
-            "--solver/--critic over openai: if you like"
+            f"{option} {config.label_spec}: the label stage stores the teacher's top-k log-probs over the items' "
+            "tokens, which an HTTP server cannot return; give the same model's local weights with --label-teacher "
+            "hf:PATH (or vllm:PATH), or a local --teacher"
         )
     if add("--student", config.student).backend == "openai":
         raise PreflightError(f"--student {config.student}: the student is trained here, so it must be a local model (hf:, vllm: or smollm2), not an HTTP server")

@@ -241,7 +241,10 @@ def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     c = ctx.config
     it = state["iteration"]
     paths = [ctx.run.stage(it, "validate") / "validated.jsonl", ctx.run.stage(it, "analyze") / "tree.json", *ctx.domain.seed_files]
-    return {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed}, paths
+    values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed}
+    if c.label_teacher:  # only then: runs made before the option keep their fingerprints
+        values["label_teacher"] = c.label_teacher
+    return values, paths
 
 
 def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
@@ -254,7 +257,7 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     write_jsonl(out / "items.jsonl", items)
     if not items:
         return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None}
-    stats = extract_teacher_logits(ctx.engines.get(c.teacher), items, out, k=c.top_k)
+    stats = extract_teacher_logits(ctx.engines.get(c.label_spec), items, out, k=c.top_k)
     return {"items": len(items), "generated": len(accepted), "replay": len(replay), **stats}
 
 

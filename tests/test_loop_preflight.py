@@ -81,6 +81,8 @@ def test_each_bad_option_is_named_and_nothing_is_written(tmp_path, models_server
         (["--student", f"openai:{models_server}#tiny"], "error: --student openai:", "must be a local model"),
         (["--teacher", f"openai:{models_server}#other"], "error: --teacher: ", "does not serve 'other' (it lists 'tiny')"),
         (["--teacher", f"openai:{models_server}#tiny"], "error: --teacher openai:", "cannot return"),
+        (["--teacher", f"openai:{models_server}#tiny", "--label-teacher", f"openai:{models_server}#tiny"], "error: --label-teacher openai:", "cannot return"),
+        (["--teacher", f"openai:{models_server}#tiny", "--label-teacher", f"hf:{tmp_path / 'gone'}"], "error: --label-teacher: ", "is not a model folder"),
         (["--critic", "openai:http://127.0.0.1:9/v1#m"], "error: --critic: ", "does not answer"),
         (["--solver", f"smollm2,hf:{tmp_path / 'gone'}"], "error: --solver: ", "is not a model folder"),
         (["--kv-teachers", f"st:{tmp_path}"], "error: --kv-teachers: ", "no modules.json"),
@@ -110,6 +112,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, models_server, tin
     assert "stages per iteration: infer → analyze → generate → validate → label → train → evaluate" in out
     assert "budget (items generated) 5" in out
     assert not run.exists()
+
+
+def test_an_http_teacher_labels_with_its_local_weights(tmp_path, models_server, tiny_model_path, tiny_teacher_path):
+    p = run_loop("--teacher", f"openai:{models_server}#tiny", "--label-teacher", f"hf:{tiny_teacher_path}", "--student", f"hf:{tiny_model_path}",
+                 "--engine", "transformers", "--run-dir", str(tmp_path / "run"), "--dry-run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"--teacher        openai:{models_server}#tiny  on openai: {models_server} (model tiny)" in p.stdout
+    assert f"--label-teacher  hf:{tiny_teacher_path}  on transformers: {tiny_teacher_path}" in p.stdout
 
 
 def test_a_resumed_dry_run_shows_the_stored_plan_without_taking_the_run(tmp_path, tiny_model_path):
