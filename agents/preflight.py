@@ -165,6 +165,12 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
     if config.encoder and "embedding" in (config.near_dup_metric, config.exemplar_choice):
         plan.models.append(("--encoder", _check_encoder(config.encoder)))
 
+    if config.vllm_tensor_parallel_size > 1 and any(check.backend == "vllm" for _, check in plan.models):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() < config.vllm_tensor_parallel_size:
+            raise PreflightError(f"--vllm-tensor-parallel-size {config.vllm_tensor_parallel_size}: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s); ask for at most that many")
     plan.training = _check_training(config)
     seed, evals = domain.seed_items(), domain.eval_items()  # DataError (file:line) on a bad file
     plan.data = [f"seed pool: {len(seed)} items from {', '.join(str(p) for p in domain.seed_files)}",

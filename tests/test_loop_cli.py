@@ -185,3 +185,23 @@ def test_a_bad_accelerate_config_is_refused_before_anything_is_written(tmp_path)
     p = run_loop(*base, "--train-accelerate-config", str(tmp_path / "fsdp.yaml"), "--dry-run", cwd=tmp_path)
     assert p.returncode == 0 and "training: accelerate launch, 2 processes, 4 examples each per step, config" in p.stdout and "(FSDP)" in p.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_launch_stops_the_loop_resumably_with_its_log_tail(tmp_path, monkeypatch, capsys):
+    """The train stage's LaunchError: exit 1, its message (with the log's tail) and how to continue;
+    the run directory stays locked by nobody."""
+    import agents.loop as loop
+    from data.run_lock import RunLock
+    from training.launch import LaunchError
+
+    def failing(config, run):
+        raise LaunchError("accelerate launch of training.distill exited with code 1; its last lines:\nRuntimeError: out of memory")
+
+    monkeypatch.setattr(loop, "run_loop", failing)
+    run = tmp_path / "run"
+    assert loop.main(["--run-dir", str(run), "--train-launcher", "accelerate"]) == 1
+    err = capsys.readouterr().err
+    assert "error: accelerate launch of training.distill exited with code 1" in err and "RuntimeError: out of memory" in err
+    assert f"continue: python -m agents.loop --run-dir {run} --resume" in err
+    with RunLock(run) as lock:  # released on the way out
+        assert lock.previous == {}

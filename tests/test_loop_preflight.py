@@ -139,3 +139,24 @@ def test_check_spec_in_python(tiny_model_path):
     assert check_spec("minilm", generates=False).backend == "encoder"
     with pytest.raises(SpecError, match="does not answer"):
         check_spec("openai:http://127.0.0.1:9/v1#m", timeout_s=2)
+
+
+def test_gpus_asked_for_must_exist(tmp_path, monkeypatch):
+    """vLLM tensor parallelism and accelerate processes beyond the CUDA devices present are refused
+    (the CUDA count is faked: this machine has none)."""
+    import torch
+
+    from agents.config import parse_config
+    from agents.preflight import PreflightError, preflight
+    from data.domains import get_domain
+
+    pytest.importorskip("vllm")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    config, _ = parse_config(["--teacher", "vllm:smollm2", "--vllm-tensor-parallel-size", "2"])
+    with pytest.raises(PreflightError, match=r"--vllm-tensor-parallel-size 2: this machine has 1 CUDA device\(s\)"):
+        preflight(config, tmp_path / "run", get_domain("clinical"))
+    config, _ = parse_config(["--train-launcher", "accelerate", "--train-num-processes", "4"])
+    with pytest.raises(PreflightError, match=r"--train-num-processes 4: this machine has 1 CUDA device\(s\)"):
+        preflight(config, tmp_path / "run", get_domain("clinical"))
+    assert not (tmp_path / "run").exists()
