@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,8 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     for missed in wrong.values():  # the shortest misses first: they make the shortest prompts
         missed.sort(key=lambda m: len(m[0].question))
     before = set(tree.nodes())
-    diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2)
+    dropped: Counter = Counter()  # diagnosis lines refused, by reason (shape, option, question, prompt echoes)
+    diagnoses = diagnose(ctx.engines.get(ctx.config.teacher), tree, wrong, max_per_node=2, rejected=dropped)
     grown = [n for n in tree.nodes() if n not in before]  # child abilities named by the diagnoses
     tree.save(out / "tree.json")
     export_tree(tree, out / "tree.graphml", "graphml", it)
@@ -131,6 +132,8 @@ def analyze(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     return {
         "nodes": tree.graph.number_of_nodes(),
         "diagnosed_nodes": sum(1 for d in diagnoses.values() if d),
+        "diagnoses": {n: d for n, d in diagnoses.items() if d},
+        "diagnosis_lines_dropped": dict(sorted(dropped.items())),
         "new_abilities": grown,
         "weakest": [{"node": n, "accuracy": round(a, 3)} for n, a in weakest],
     }

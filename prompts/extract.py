@@ -10,6 +10,7 @@ Rules, first match wins:
 Only letters that are options of the item count. A letter from rule 1 or 2 followed by the text of a
 different option ("B. Cryptococcus" where Cryptococcus is option C: small models do this often) commits
 to no single answer and gives None; text that matches no option (truncated, paraphrased) keeps the letter.
+Texts are compared as ``prompts.echo`` compares them (the same rules find echoes in diagnoses).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import logging
 import re
 from typing import Mapping
+
+from prompts.echo import norm, option_key
 
 logger = logging.getLogger(__name__)
 
@@ -29,26 +32,18 @@ _LIST_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
 _LEADING = re.compile(r"^\s*[(\[]?([A-Z])(?:\s*$|[)\].:,]|\s*[)\]])")
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[*_`\"']", " ", text).casefold().split())
-
-
 def _mentions(reply: str, option: str) -> bool:
     """Whole-word occurrence, so the option "no" is not found inside "not" or "know"."""
     return len(option) >= 2 and re.search(rf"(?<!\w){re.escape(option)}(?!\w)", reply) is not None
 
 
-def _option_key(text: str) -> str:
-    return _norm(text).rstrip(" .;:,")
-
-
 def _names_other_option(letter: str, rest: str, options: Mapping[str, str]) -> bool:
     """Whether the text after a letter (to the end of its line) is another option's text, not its own."""
-    said = _option_key(rest.split("\n", 1)[0].lstrip(" .):,-"))
+    said = option_key(rest.split("\n", 1)[0].lstrip(" .):,-"))
     if not said:
         return False
-    own = _option_key(options[letter])
-    others = [o for o in (_option_key(t) for k, t in options.items() if k != letter) if o]
+    own = option_key(options[letter])
+    others = [o for o in (option_key(t) for k, t in options.items() if k != letter) if o]
     if said == own:
         return False
     if said in others:  # exactly another option ("A. Insulin" where Insulin is C, even if A is Insulinoma)
@@ -75,8 +70,8 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
     lead = _LEADING.match(plain)
     if lead and lead.group(1) in letters:
         return None if _names_other_option(lead.group(1), plain[lead.end():], options) else lead.group(1)
-    reply = _norm(text)
-    matched = {letter: _norm(t) for letter, t in options.items() if _mentions(reply, _norm(t))}
+    reply = norm(text)
+    matched = {letter: norm(t) for letter, t in options.items() if _mentions(reply, norm(t))}
     matched = {
         letter: t for letter, t in matched.items() if not any(t != other and t in other for other in matched.values())
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Sequence
 
 import pytest
@@ -181,3 +182,52 @@ def test_real_smollm2_diagnosis_replies():
     for r in records:
         assert parse_diagnoses(r["completion"]) == expected[r["id"]]["diagnoses"], r["id"]
         assert parse_subtopic(r["completion"]) == expected[r["id"]]["subtopic"] is None, r["id"]
+
+
+# Lines a default `make run` showed as diagnoses before echoes were refused (issue 19, tree.html and the
+# generation prompt of a real SmolLM2 run): an option copied back with its letter, and the prompt's
+# own frame around a quoted option.
+REAL_ECHOES = [
+    ("- A. Tetralogy of Fallot", "option"),
+    ("- C. Congenital cataracts", "option"),
+    ("- A. An accumulation of inorganic phosphate.", "option"),
+    ('- The student gets wrong in this area: "The auditory tube" is incorrect.', "prompt"),
+]
+
+
+@pytest.mark.parametrize("line, reason", REAL_ECHOES)
+def test_real_echoes_are_not_diagnoses(line, reason):
+    rejected = Counter()
+    assert parse_diagnoses(line, rejected=rejected) == []
+    assert rejected == {reason: 1}
+
+
+def test_echoes_of_the_items_shown_are_counted_by_reason():
+    item = MCQItem(id="q-1", question="Which anticoagulant is reversed by protamine sulfate in an emergency?",
+                   options={"A": "Aspirin", "B": "Unfractionated heparin", "C": "Warfarin"}, answer_idx="B")
+    reply = "\n".join([
+        "- Unfractionated heparin.",                               # an option's text alone
+        '- "Warfarin" is the wrong pick here.',                    # a quoted option in a few words
+        "- Which anticoagulant is reversed by protamine sulfate",  # the question
+        "- Each names one specific fact the student misunderstands.",  # the prompt's instructions
+        "- Confuses the reversal agents of heparin and warfarin.",  # a diagnosis
+        "- ok",                                                   # too short
+    ])
+    rejected = Counter()
+    config = DiagnoseConfig(max_diagnoses=6)
+    assert parse_diagnoses(reply, config, missed=[(item, "A")], rejected=rejected) == ["Confuses the reversal agents of heparin and warfarin."]
+    assert rejected == {"option": 2, "question": 1, "prompt": 1, "shape": 1}
+    # Without the items only the answer-shaped and prompt echoes can be seen; the rest reads as text.
+    assert "Which anticoagulant is reversed by protamine sulfate" in parse_diagnoses(reply, config)
+
+
+def test_diagnose_counts_what_it_drops(tmp_path):
+    t = AbilityTree("clinical medicine")
+    node = t.add_ability("clinical medicine/pharmacology")
+    teacher = ScriptedTeacher(["- A. aspirin\n- Confuses heparin's mechanism with that of warfarin."])
+    rejected = Counter()
+    out = diagnose(teacher, t, {node: [(mcq(1), "A")]}, rejected=rejected)
+    assert out == {node: ["Confuses heparin's mechanism with that of warfarin."]} and rejected == {"option": 1}
+    teacher = ScriptedTeacher(['- "heparin" is incorrect.'])
+    assert diagnose(teacher, t, {node: [(mcq(1), "A")]}, rejected=rejected) == {node: []}
+    assert t.info(node)["diagnoses"] == ["Confuses heparin's mechanism with that of warfarin."], "an echo never replaces a diagnosis"

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from data.records import MCQItem
 from engines.base import Engine, SamplingParams
 from prompts import render
+from prompts.echo import echo_reason
 from tree.ability_tree import SEP, AbilityTree
 from tree.propose import ProposeConfig, clean_name, name_problem
 
@@ -103,14 +105,26 @@ def parse_subtopic(text: Any) -> str | None:
     return name or None
 
 
-def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str]:
+def prompt_frames(config: DiagnoseConfig) -> str:
+    """The diagnosis prompt's own words (no area, no questions): what a reply must not copy back."""
+    return render("diagnose_errors", area="", description="", missed=[], max_diagnoses=config.max_diagnoses, max_words=config.max_words,
+                  ask_subtopic=True, max_subtopic_words=config.max_subtopic_words)
+
+
+def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None, *, missed: Sequence[MissedItem] = (),
+                    rejected: Counter | None = None) -> list[str]:
     """Diagnoses from a teacher reply; never raises, returns [] for anything unusable.
 
     Bulleted lines are taken when the reply has any (the format the prompt asks for); otherwise a reply
-    of at most ``max_diagnoses`` lines is read line by line. Lines failing ``_is_diagnosis`` are dropped.
+    of at most ``max_diagnoses`` lines is read line by line. Dropped, and counted by reason in
+    ``rejected``: echoes (``prompts.echo``) of an option or the question of the ``missed`` items shown
+    ("option", "question") or of the prompt's own sentences ("prompt"), where an answer-shaped line
+    ("A. ...") is an option echo even without the items; then lines failing ``_is_diagnosis`` ("shape").
     """
     config = config or DiagnoseConfig()
+    rejected = rejected if rejected is not None else Counter()
     if not isinstance(text, str) or not text.strip():
+        rejected["empty"] += 1
         return []
     lines = [ln for ln in text.splitlines() if ln.strip() and not _SUBTOPIC.match(ln.strip())]
     bulleted = [ln for ln in lines if _BULLET.match(ln)]
@@ -119,11 +133,19 @@ def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None) -> list[str
     elif len(lines) <= config.max_diagnoses:
         candidates = lines
     else:
+        rejected["shape"] += 1  # a long unbulleted reply: prose or a copy, not the list asked for
         return []
+    options = [item.options for item, _ in missed]
+    questions = [item.question for item, _ in missed]
+    frames = [prompt_frames(config)]
     out: dict[str, str] = {}
     for raw in candidates:
         line = _clean_line(raw)
-        if _is_diagnosis(line, config):
+        if reason := echo_reason(_BULLET.sub("", raw.strip()), options=options, questions=questions, frames=frames):  # quotes kept
+            rejected[reason] += 1
+        elif not _is_diagnosis(line, config):
+            rejected["shape"] += 1
+        else:
             out.setdefault(line.casefold(), line)
     return list(out.values())[: config.max_diagnoses]
 
@@ -154,12 +176,13 @@ def diagnose(
     max_per_node: int = 3,
     *,
     config: DiagnoseConfig | None = None,
+    rejected: Counter | None = None,
 ) -> dict[str, list[str]]:
     """Ask the teacher, in one batched call, what the student gets wrong at each node with misses.
 
     Shows at most ``max_per_node`` missed questions per node (the first ones given: callers choose the
     order). Non-empty diagnoses replace the node's stored ones; returns every asked node's diagnoses
-    (an empty list where the reply was unusable).
+    (an empty list where the reply was unusable). ``rejected`` counts the dropped lines by reason.
     """
     if max_per_node < 1:
         raise ValueError(f"max_per_node must be >= 1, got {max_per_node}")
@@ -181,9 +204,10 @@ def diagnose(
         raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(prompts)} prompts")
     result: dict[str, list[str]] = {}
     subtopics: list[tuple[str, str]] = []
+    rejected = rejected if rejected is not None else Counter()
     for node, completion in zip(nodes, completions):
         text = getattr(completion, "text", None)
-        found = parse_diagnoses(text, config)
+        found = parse_diagnoses(text, config, missed=missed_by_node[node], rejected=rejected)
         result[node] = found
         if found:
             tree.set_diagnoses(node, found)
@@ -192,8 +216,8 @@ def diagnose(
         if ask[node] and (name := parse_subtopic(text)):
             subtopics.append((node, name))
     added = grow_children(tree, subtopics, n_missed, config)
-    logger.info("diagnosed %d of %d nodes; %d child abilit%s added", sum(1 for d in result.values() if d), len(nodes),
-                len(added), "y" if len(added) == 1 else "ies")
+    logger.info("diagnosed %d of %d nodes; %d child abilit%s added; lines dropped: %s", sum(1 for d in result.values() if d), len(nodes),
+                len(added), "y" if len(added) == 1 else "ies", ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) or "none")
     return result
 
 
