@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import append_rows, print_table
-from data.records import MCQItem, read_items
+from data.records import MCQItem, read_items, read_jsonl
 from prompts.parse import MCQDraft, parse_completion
 from synth.dedup import embedding_text, rouge_l, similarity_tokens, unit_rows
 
@@ -35,8 +35,7 @@ def exemplar_copies() -> list[tuple[str, MCQItem, MCQItem]]:
     """(record id, generated item, the exemplar shown) for every strictly parseable generate record."""
     out = []
     for file in ("outputs.jsonl", "outputs_draft_prompt.jsonl"):
-        for line in (FIXTURES / file).read_text(encoding="utf-8").splitlines():
-            r = json.loads(line)
+        for r in read_jsonl(FIXTURES / file):
             user = r["messages"][0]["content"]
             if r.get("kind", "generate") != "generate" or "Example:" not in user:
                 continue

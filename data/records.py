@@ -7,13 +7,15 @@ run) sees either the old file or the whole new one, never half of it.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Literal, Self, Sequence, TypeVar
 
+import jsonlines
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -172,10 +174,36 @@ def _to_dict(row: BaseModel | dict) -> dict:
     return row.model_dump(mode="json", exclude_none=True) if isinstance(row, BaseModel) else row
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _loads(line: str) -> Any:
+    return json.loads(line.rstrip("\r\n"))  # the newline would read as a control character in a string
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel | dict]) -> Path:
-    """Write records as JSON lines, atomically."""
-    text = "".join(json.dumps(_to_dict(r), ensure_ascii=False) + "\n" for r in rows)
-    return atomic_write_text(path, text)
+    """Write records as JSON lines (jsonlines), atomically."""
+    buffer = io.StringIO()
+    with jsonlines.Writer(buffer, dumps=_dumps) as writer:
+        writer.write_all(_to_dict(r) for r in rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+class _NumberedLines:
+    """The lines of a file, remembering the number of the last one handed out (for error messages)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.lineno = 0
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.lineno += 1
+        return line
 
 
 def first_error(e: ValidationError, whole: str = "record") -> tuple[str, str]:
@@ -185,7 +213,7 @@ def first_error(e: ValidationError, whole: str = "record") -> tuple[str, str]:
 
 
 def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T]] | None = None) -> list[Any]:
-    """Read a JSONL file; with ``model`` (a pydantic class, or a function of the row choosing one),
+    """Read a JSONL file (jsonlines); with ``model`` (a pydantic class, or a function of the row choosing one),
     validate each line.
 
     Raises DataError naming ``file:line`` for a missing file, a line that is not JSON, or a record
@@ -196,13 +224,19 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T
         raise DataError(f"{path}: file not found")
     rows: list[Any] = []
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+        lines = _NumberedLines(f)
+        reader = jsonlines.Reader(lines, loads=_loads)
+        while True:
             try:
-                obj = json.loads(line.rstrip("\r\n"))  # the newline would read as a control character in a string
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+                obj = reader.read(skip_empty=True, allow_none=True)
+            except EOFError:
+                break
+            except jsonlines.InvalidLineError as e:
+                cause = e.__cause__
+                if isinstance(cause, json.JSONDecodeError):
+                    raise DataError(f"{path}:{e.lineno}: not valid JSON ({cause.msg}, column {cause.colno})") from None
+                raise DataError(f"{path}:{e.lineno}: {e}") from None
+            lineno = lines.lineno
             if model is None:
                 rows.append(obj)
                 continue
