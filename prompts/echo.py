@@ -2,8 +2,8 @@
 answer option, the question, or the prompt's own wording instead of answering; such a line commits
 to nothing and must not be read as content.
 
-    echo_reason('A. Tetralogy of Fallot', options=[{"A": "Tetralogy of Fallot", ...}])   # "option"
-    echo_reason('The student gets wrong in this area: x', frames=[prompt_text])             # "prompt"
+    EchoCheck(options=[{"A": "Tetralogy of Fallot", ...}]).reason("A. Tetralogy of Fallot")      # "option"
+    EchoCheck(frames=[prompt_text]).reason("The student gets wrong in this area: x")             # "prompt"
 
 The answer reader (``prompts.extract``) applies the same idea to answers: a reply that copies the
 lettered option list back commits to no letter.
@@ -45,36 +45,33 @@ def _words(text: str) -> list[str]:
     return [_stem(w) for w in re.findall(r"[\w'-]+", norm(text))]
 
 
-def echo_reason(
-    line: str,
-    *,
-    options: Iterable[Mapping[str, str]] = (),
-    questions: Iterable[str] = (),
-    frames: Iterable[str] = (),
-) -> str | None:
-    """Why ``line`` is an echo ("option", "question", "prompt"), or None when it says something of its own.
+class EchoCheck:
+    """What a reply was shown (options, questions, the prompt's own instructions), prepared once, so
+    that each line of the reply is judged without redoing the work."""
 
-    - option: shaped as an answer option ("A. ..."), or an option's text alone, or a quoted option
-      among verdict words only ('"The auditory tube" is incorrect.');
-    - question: the line is part of a question shown, or holds a whole one;
-    - prompt: it copies a run of ``FRAME_NGRAM`` words from ``frames`` (the prompt's own instructions).
-    """
-    key = option_key(line)
-    if not key:
-        return None
-    texts = {option_key(t) for opts in options for t in opts.values()} - {""}
-    if OPTION_LINE.match(line) or key in texts:
-        return "option"
-    for quoted in _QUOTED.findall(line):
-        outside = set(_words(line.replace(quoted, " ")))
-        if option_key(quoted) in texts and outside <= VERDICT_WORDS:
+    def __init__(self, *, options: Iterable[Mapping[str, str]] = (), questions: Iterable[str] = (), frames: Iterable[str] = ()) -> None:
+        self.option_texts = {option_key(t) for opts in options for t in opts.values()} - {""}
+        self.questions = [q for q in (option_key(q) for q in questions) if q]
+        self.frame_grams = set().union(*(_ngrams(_words(f), FRAME_NGRAM) for f in frames))
+
+    def reason(self, line: str) -> str | None:
+        """Why ``line`` is an echo ("option", "question", "prompt"), or None when it says something of its own.
+
+        - option: shaped as an answer option ("A. ..."), or an option's text alone, or a quoted option
+          among verdict words only ('"The auditory tube" is incorrect.');
+        - question: the line is part of a question shown, or holds a whole one;
+        - prompt: it copies a run of ``FRAME_NGRAM`` words from the frames (the prompt's instructions).
+        """
+        key = option_key(line)
+        if not key:
+            return None
+        if OPTION_LINE.match(line) or key in self.option_texts:
             return "option"
-    for question in questions:
-        q = option_key(question)
-        if q and ((len(key.split()) >= 3 and key in q) or q in key):
+        for quoted in _QUOTED.findall(line):
+            if option_key(quoted) in self.option_texts and set(_words(line.replace(quoted, " "))) <= VERDICT_WORDS:
+                return "option"
+        if any((len(key.split()) >= 3 and key in q) or q in key for q in self.questions):
             return "question"
-    words = _words(line)
-    frame_grams = set().union(*(_ngrams(_words(f), FRAME_NGRAM) for f in frames)) if frames else set()
-    if frame_grams and _ngrams(words, FRAME_NGRAM) & frame_grams:
-        return "prompt"
-    return None
+        if self.frame_grams and _ngrams(_words(line), FRAME_NGRAM) & self.frame_grams:
+            return "prompt"
+        return None

@@ -70,11 +70,12 @@ def accelerate_command(launch: LaunchConfig) -> list[str]:
 _PROGRESS = re.compile(r"\d+%\|")  # a tqdm bar's refresh (each "\r" ends a line in text mode)
 
 
-def _stream(proc: subprocess.Popen, log_file: Path | None, tail: collections.deque, progress_every_s: float = 10.0) -> None:
-    """Every line into the log file; into this process's log too, but progress bars once per
-    ``progress_every_s`` (and when they reach 100%), not at each refresh."""
+def _stream(proc: subprocess.Popen, cmd: list[str], log_file: Path | None, tail: collections.deque, progress_every_s: float = 10.0) -> None:
+    """The command, then every line, into the log file; the lines into this process's log too, but
+    progress bars once per ``progress_every_s`` (and when they reach 100%), not at each refresh."""
     last_bar = -progress_every_s
     with open(log_file, "a", encoding="utf-8") if log_file else open(os.devnull, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             log.write(raw)
@@ -119,15 +120,13 @@ def launch_distill(
     log_file = Path(launch.log_file) if launch.log_file else None
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "a", encoding="utf-8") as log:
-            log.write("$ " + " ".join(cmd) + "\n")
     logger.info("launching the training: %s", " ".join(cmd[1:]))
     environment = {**os.environ, **(env or {}), DIE_WITH_PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     tail: collections.deque = collections.deque(maxlen=launch.tail_lines)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                             errors="replace", env=environment)
     try:
-        _stream(proc, log_file, tail)
+        _stream(proc, cmd, log_file, tail)
         code = proc.wait()
     except BaseException:
         proc.terminate()  # the launcher stops its workers on SIGTERM

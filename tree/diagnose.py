@@ -15,6 +15,7 @@ one per node, never deeper than ``max_child_depth``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from data.records import MCQItem
 from engines.base import Engine, SamplingParams
 from prompts import render
-from prompts.echo import echo_reason
+from prompts.echo import EchoCheck
 from tree.ability_tree import SEP, AbilityTree
 from tree.propose import ProposeConfig, clean_name, name_problem
 
@@ -105,10 +106,11 @@ def parse_subtopic(text: Any) -> str | None:
     return name or None
 
 
-def prompt_frames(config: DiagnoseConfig) -> str:
+@functools.lru_cache(maxsize=8)
+def prompt_frames(max_diagnoses: int, max_words: int, max_subtopic_words: int) -> str:
     """The diagnosis prompt's own words (no area, no questions): what a reply must not copy back."""
-    return render("diagnose_errors", area="", description="", missed=[], max_diagnoses=config.max_diagnoses, max_words=config.max_words,
-                  ask_subtopic=True, max_subtopic_words=config.max_subtopic_words)
+    return render("diagnose_errors", area="", description="", missed=[], max_diagnoses=max_diagnoses, max_words=max_words,
+                  ask_subtopic=True, max_subtopic_words=max_subtopic_words)
 
 
 def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None, *, missed: Sequence[MissedItem] = (),
@@ -117,7 +119,7 @@ def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None, *, missed: 
 
     Bulleted lines are taken when the reply has any (the format the prompt asks for); otherwise a reply
     of at most ``max_diagnoses`` lines is read line by line. Dropped, and counted by reason in
-    ``rejected``: echoes (``prompts.echo``) of an option or the question of the ``missed`` items shown
+    ``rejected``: echoes (``prompts.echo.EchoCheck``) of an option or the question of the ``missed`` items shown
     ("option", "question") or of the prompt's own sentences ("prompt"), where an answer-shaped line
     ("A. ...") is an option echo even without the items; then lines failing ``_is_diagnosis`` ("shape").
     """
@@ -135,13 +137,12 @@ def parse_diagnoses(text: Any, config: DiagnoseConfig | None = None, *, missed: 
     else:
         rejected["shape"] += 1  # a long unbulleted reply: prose or a copy, not the list asked for
         return []
-    options = [item.options for item, _ in missed]
-    questions = [item.question for item, _ in missed]
-    frames = [prompt_frames(config)]
+    echoes = EchoCheck(options=[item.options for item, _ in missed], questions=[item.question for item, _ in missed],
+                       frames=[prompt_frames(config.max_diagnoses, config.max_words, config.max_subtopic_words)])
     out: dict[str, str] = {}
     for raw in candidates:
         line = _clean_line(raw)
-        if reason := echo_reason(_BULLET.sub("", raw.strip()), options=options, questions=questions, frames=frames):  # quotes kept
+        if reason := echoes.reason(_BULLET.sub("", raw.strip())):  # quotes kept
             rejected[reason] += 1
         elif not _is_diagnosis(line, config):
             rejected["shape"] += 1
