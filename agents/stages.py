@@ -93,6 +93,8 @@ def _initial_tree(ctx: LoopContext):
     base = AbilityTree.load(ctx.config.tree) if ctx.config.tree else None  # its root was checked at start-up
     engine = ctx.engines.get(ctx.config.teacher) if ctx.config.classify else None
     result = build_tree([*ctx.seed_items, *ctx.eval_items], root=ctx.domain.root, base=base, engine=engine)
+    for node, description in ctx.domain.descriptions.items():  # the preset's words for its nodes, where none is set
+        result.tree.add_ability(node, description, exist_ok=True)
     result.tree.save(ctx.run.initial_tree)
     if result.fallbacks:
         write_jsonl(ctx.run.initial_tree.with_name("placement_fallbacks.jsonl"),

@@ -7,7 +7,7 @@ user's own preset, whose file names are relative to that yaml.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -26,6 +26,8 @@ class Domain:
     description: str
     seed_files: tuple[Path, ...]
     eval_files: tuple[Path, ...]
+    # node id ("root/child/...") -> description, shown to the teacher when it writes items for the node
+    descriptions: dict[str, str] = field(default_factory=dict)
 
     def seed_items(self) -> list[MCQItem]:
         return read_items(self.seed_files)
@@ -64,7 +66,7 @@ def get_domain(name_or_path: str) -> Domain:
     for key in ("name", "root", "seed_files", "eval_files"):
         if key not in raw:
             raise DataError(f"{path}: missing field {key!r}")
-    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files"}
+    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
 
@@ -80,10 +82,14 @@ def get_domain(name_or_path: str) -> Domain:
                 raise DataError(f"{path}: field {key!r}: data file {f} not found")
         return out
 
+    described = raw.get("node_descriptions") or {}
+    if not isinstance(described, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in described.items()):
+        raise DataError(f"{path}: field 'node_descriptions' must map node paths (root/child/...) to descriptions")
     return Domain(
         name=str(raw["name"]),
         root=str(raw["root"]),
         description=str(raw.get("description", "")).strip(),
         seed_files=files("seed_files"),
         eval_files=files("eval_files"),
+        descriptions={k: v.strip() for k, v in described.items()},
     )

@@ -109,7 +109,7 @@ def parse_subtopic(text: Any) -> str | None:
 @functools.lru_cache(maxsize=8)
 def prompt_frames(max_diagnoses: int, max_words: int, max_subtopic_words: int) -> str:
     """The diagnosis prompt's own words (no area, no questions): what a reply must not copy back."""
-    return render("diagnose_errors", area="", description="", missed=[], max_diagnoses=max_diagnoses, max_words=max_words,
+    return render("diagnose_errors", domain="", area="", description="", missed=[], max_diagnoses=max_diagnoses, max_words=max_words,
                   ask_subtopic=True, max_subtopic_words=max_subtopic_words)
 
 
@@ -156,6 +156,7 @@ def diagnosis_prompt(tree: AbilityTree, node: str, missed: Sequence[MissedItem],
     info = tree.info(node)
     return render(
         "diagnose_errors",
+        domain=tree.root,
         area=node,
         description=info["description"],
         missed=[
