@@ -43,7 +43,7 @@ class LoopConfig:
     eval_size: int = field(default=0, metadata={"help": "Eval-set items scored each iteration (0 = all of the domain's eval files)."})
     tree: str = field(default="", metadata={"help": "Ability tree JSON to start from (e.g. from python -m tree init); items' ability paths are added to it. Default: a tree built from the paths alone."})
     classify: bool = field(default=False, metadata={"help": "Place seed and eval items that have no ability path into the tree with the teacher (once per run; ~4 min for the 503 clinical items with SmolLM2 on CPU, which places them barely above chance: see benchmarks/bench_classify.py). Off: they sit under their source's node."})
-    budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes."})
+    budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes (0: none; the student trains on --replay items only, the floor of benchmarks/bench_allocation.py)."})
     allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
     exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
     exemplar_choice: str = field(default="random", metadata={"help": "How exemplars are chosen: random (the node's own items, else its subtree's, else its siblings') or embedding (the node's items nearest in meaning to the node, then the nearest of the other seed items), with --encoder."})
@@ -76,7 +76,7 @@ class LoopConfig:
             (self.iterations >= 1, "iterations must be >= 1"),
             (self.probe_size >= 1, "probe_size must be >= 1"),
             (self.eval_size >= 0, "eval_size must be >= 0"),
-            (self.budget >= 1, "budget must be >= 1"),
+            (self.budget >= 0, "budget must be >= 0 (0 = no generation: train on replayed seed items only)"),
             (self.exemplars >= 1, "exemplars must be >= 1"),
             (1 <= self.solver_samples <= 26, "solver_samples must be in [1, 26]"),
             (0 <= self.solver_min_votes <= self.solver_samples * len(self.solver_specs), "solver_min_votes must be in [0, solver_samples x number of solver models]"),

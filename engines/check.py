@@ -47,6 +47,8 @@ def _local_folder(spec: ModelSpec) -> tuple[str, str]:
         return str(unpacked_target()), "the embedded all-MiniLM-L6-v2 (unpacked on first use)"
     if spec.kind == "st":
         return str(spec.local_path()), ""  # checks modules.json; writes nothing
+    if spec.kind == "scratch":
+        return str(spec.local_path()), "built by python -m scratch build"  # refuses an unbuilt one; writes nothing
     if spec.embedded:
         base, note = smollm2.converted_target(), "the embedded SmolLM2-135M-Instruct"
     else:

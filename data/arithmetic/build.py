@@ -13,13 +13,13 @@ import argparse
 import logging
 import random
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from data.arithmetic.skills import OPERATIONS, SKILLS, Problem, Skill
 import yaml
 
+from data.arithmetic.skills import OPERATIONS, SKILLS, Problem, Skill
 from data.records import MCQItem, atomic_write_text, write_jsonl
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,11 @@ def draw_items(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = froze
     return [item for item, _ in draw_problems(s, pool, n, seed, exclude)]
 
 
-def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = frozenset()) -> list[tuple[MCQItem, Problem]]:
-    """``draw_items`` with the problem behind each item (its mistakes named)."""
+def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = frozenset(),
+                  unique: bool = True) -> list[tuple[MCQItem, Problem]]:
+    """``draw_items`` with the problem behind each item (its mistakes named). ``unique=False`` lets a
+    question repeat within the draw (training sets larger than a small skill's question space); a
+    question in ``exclude`` never appears."""
     rng = random.Random(f"{seed}:{pool}:{s.key}")
     letters = [LETTERS[i % len(LETTERS)] for i in range(n)]
     rng.shuffle(letters)
@@ -80,7 +83,8 @@ def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = fr
         problem = s.draw(rng)
         if problem.question in seen:
             continue
-        seen.add(problem.question)
+        if unique:
+            seen.add(problem.question)
         key = letters[len(items)]
         slug = s.key.replace("/", "-").replace(",", "").replace(" ", "-")
         items.append((MCQItem(
@@ -94,8 +98,9 @@ def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = fr
     return items
 
 
-def build_pools(config: PoolConfig = PoolConfig(), skills: Sequence[Skill] = SKILLS) -> dict[str, list[MCQItem]]:
+def build_pools(config: PoolConfig | None = None, skills: Sequence[Skill] = SKILLS) -> dict[str, list[MCQItem]]:
     """{"eval": [...], "seed": [...]}: eval drawn first, then seed items that repeat no eval question."""
+    config = config or PoolConfig()
     eval_items = [it for s in skills for it in draw_items(s, "eval", config.eval_per_skill, config.seed)]
     held_out = {it.question for it in eval_items}
     seed_items = [it for s in skills for it in draw_items(s, "seed", config.seed_per_skill, config.seed, held_out)]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Mo", "Nia", "Omar", "Pia")
 THINGS = ("apples", "books", "coins", "stamps", "marbles", "pencils", "shells", "cards", "beads", "tickets")
@@ -37,7 +37,7 @@ class Problem:
 class Skill:
     """A leaf of the tree: ``path`` below the root, a description, and the draw of one problem."""
 
-    path: tuple[str, ...]  # e.g. ("addition", "two-digit, with carry")
+    path: tuple[str, ...]  # e.g. ("addition", "two-digit addition, with carry")
     description: str
     draw: Callable[[random.Random], Problem]
 
@@ -341,31 +341,31 @@ def _largest(rng: random.Random) -> Problem:
 
 
 SKILLS: tuple[Skill, ...] = (
-    Skill(("addition", "one-digit numbers"), "Adding two one-digit numbers (sums up to 18).", _addition(1, 1, None)),
-    Skill(("addition", "two-digit, no carry"), "Adding two two-digit numbers where no column reaches ten.", _addition(2, 2, 0)),
-    Skill(("addition", "two-digit, with carry"), "Adding two two-digit numbers where at least one column reaches ten and carries.", _addition(2, 2, 1, at_least=True)),
-    Skill(("addition", "three-digit, no carry"), "Adding two three-digit numbers where no column reaches ten.", _addition(3, 3, 0)),
-    Skill(("addition", "three-digit, one carry"), "Adding two three-digit numbers with exactly one carry.", _addition(3, 3, 1)),
-    Skill(("addition", "three-digit, two or more carries"), "Adding two three-digit numbers where carries ripple through columns.", _addition(3, 3, 2, at_least=True)),
-    Skill(("subtraction", "one-digit from two-digit, with borrow"), "Taking a one-digit number from a two-digit number whose ones digit is smaller, which needs a borrow.", _subtraction(2, 1, 1)),
-    Skill(("subtraction", "two-digit, no borrow"), "Subtracting two-digit numbers where every top digit is at least the bottom one.", _subtraction(2, 2, 0)),
-    Skill(("subtraction", "two-digit, with borrow"), "Subtracting two-digit numbers where the ones column needs a borrow.", _subtraction(2, 2, 1)),
-    Skill(("subtraction", "three-digit, no borrow"), "Subtracting three-digit numbers with no borrow.", _subtraction(3, 3, 0)),
-    Skill(("subtraction", "three-digit, one borrow"), "Subtracting three-digit numbers with exactly one borrow.", _subtraction(3, 3, 1)),
-    Skill(("subtraction", "three-digit, borrow across zero"), "Subtracting from a three-digit number with a zero in the tens, so the borrow passes through the zero.", _subtraction(3, 3, None, across_zero=True)),
+    Skill(("addition", "one-digit addition"), "Adding two one-digit numbers (sums up to 18).", _addition(1, 1, None)),
+    Skill(("addition", "two-digit addition, no carry"), "Adding two two-digit numbers where no column reaches ten.", _addition(2, 2, 0)),
+    Skill(("addition", "two-digit addition, with carry"), "Adding two two-digit numbers where at least one column reaches ten and carries.", _addition(2, 2, 1, at_least=True)),
+    Skill(("addition", "three-digit addition, no carry"), "Adding two three-digit numbers where no column reaches ten.", _addition(3, 3, 0)),
+    Skill(("addition", "three-digit addition, one carry"), "Adding two three-digit numbers with exactly one carry.", _addition(3, 3, 1)),
+    Skill(("addition", "three-digit addition, two or more carries"), "Adding two three-digit numbers where carries ripple through columns.", _addition(3, 3, 2, at_least=True)),
+    Skill(("subtraction", "one digit from two digits, with borrow"), "Taking a one-digit number from a two-digit number whose ones digit is smaller, which needs a borrow.", _subtraction(2, 1, 1)),
+    Skill(("subtraction", "two-digit subtraction, no borrow"), "Subtracting two-digit numbers where every top digit is at least the bottom one.", _subtraction(2, 2, 0)),
+    Skill(("subtraction", "two-digit subtraction, with borrow"), "Subtracting two-digit numbers where the ones column needs a borrow.", _subtraction(2, 2, 1)),
+    Skill(("subtraction", "three-digit subtraction, no borrow"), "Subtracting three-digit numbers with no borrow.", _subtraction(3, 3, 0)),
+    Skill(("subtraction", "three-digit subtraction, one borrow"), "Subtracting three-digit numbers with exactly one borrow.", _subtraction(3, 3, 1)),
+    Skill(("subtraction", "three-digit subtraction, borrow across zero"), "Subtracting from a three-digit number with a zero in the tens, so the borrow passes through the zero.", _subtraction(3, 3, None, across_zero=True)),
     Skill(("multiplication", "times tables 2 to 5"), "Multiplication facts with one factor from 2 to 5.", _times_table(2, 5)),
     Skill(("multiplication", "times tables 6 to 9"), "Multiplication facts with one factor from 6 to 9.", _times_table(6, 9)),
-    Skill(("multiplication", "by 10 or 100"), "Multiplying by 10 or 100: shifting digits and appending zeros.", _by_power_of_ten),
+    Skill(("multiplication", "multiplying by 10 or 100"), "Multiplying by 10 or 100: shifting digits and appending zeros.", _by_power_of_ten),
     Skill(("multiplication", "two-digit by one-digit, no carry"), "A two-digit number times a one-digit number with no carry.", _two_by_one(False)),
     Skill(("multiplication", "two-digit by one-digit, with carry"), "A two-digit number times a one-digit number where the ones product carries.", _two_by_one(True)),
     Skill(("multiplication", "two-digit by two-digit"), "Long multiplication of two two-digit numbers: two partial products, the second shifted.", _two_by_two),
-    Skill(("division", "exact, times tables"), "Exact division that inverts a multiplication fact (quotients 2 to 9).", _division(2, 9)),
-    Skill(("division", "exact, two-digit quotient"), "Exact division of a two- or three-digit number by one digit, with a quotient from 10 to 30.", _division(10, 30)),
-    Skill(("division", "remainder"), "The remainder of a division by a one-digit number.", _remainder),
+    Skill(("division", "exact division, times tables"), "Exact division that inverts a multiplication fact (quotients 2 to 9).", _division(2, 9)),
+    Skill(("division", "exact division, two-digit quotient"), "Exact division of a two- or three-digit number by one digit, with a quotient from 10 to 30.", _division(10, 30)),
+    Skill(("division", "remainders"), "The remainder of a division by a one-digit number.", _remainder),
     Skill(("place value", "rounding to the nearest ten"), "Rounding a three-digit number to the nearest ten.", _rounding(10, 3)),
     Skill(("place value", "rounding to the nearest hundred"), "Rounding a three-digit number to the nearest hundred.", _rounding(100, 3)),
-    Skill(("place value", "tens digit"), "Naming the digit in the tens place of a four-digit number.", _place_value("tens")),
-    Skill(("place value", "hundreds digit"), "Naming the digit in the hundreds place of a four-digit number.", _place_value("hundreds")),
+    Skill(("place value", "naming the tens digit"), "Naming the digit in the tens place of a four-digit number.", _place_value("tens")),
+    Skill(("place value", "naming the hundreds digit"), "Naming the digit in the hundreds place of a four-digit number.", _place_value("hundreds")),
     Skill(("place value", "largest of four numbers"), "Picking the largest of four numbers that share their leading digits.", _largest),
 )
 

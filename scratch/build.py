@@ -1,0 +1,230 @@
+"""Train, once, a domain's own teacher and a weaker student from scratch, and cache them.
+
+    python -m scratch build                       # arithmetic: tokenizer, teacher, student; ~/.cache/atkd/models/scratch/arithmetic
+    python -m scratch build --teacher-steps 3000 --force
+    python -m agents.loop --domain arithmetic --teacher scratch:arithmetic/teacher --student scratch:arithmetic/student
+
+The teacher (a small Llama trained from random weights) learns every task the loop asks of a teacher,
+in the loop's own prompts (``scratch.tasks``): answering the domain's MCQs, writing a new item for a
+named skill, judging an item as critic, diagnosing a student's mistakes. The student is smaller and
+is trained only to answer, and only on some of the skills (``--student-skips``), so it starts clearly
+below the teacher on the skipped nodes. Both share one tokenizer (stored top-k logits need that).
+
+Each model is written into place atomically with ``build_info.json`` (its settings, training time,
+accuracy per node on the domain's held-out eval pool); a built model is reused unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.arithmetic.skills import SKILLS
+from data.records import MCQItem
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "build_info.json"
+DEFAULT_STUDENT_SKIPS = (
+    "addition/three-digit addition, two or more carries",
+    "subtraction/three-digit subtraction, borrow across zero",
+    "subtraction/two-digit subtraction, with borrow",
+    "multiplication/two-digit by one-digit, with carry",
+    "division/remainders",
+    "place value/rounding to the nearest hundred",
+)
+
+
+@dataclass
+class ModelShape:
+    """A Llama architecture small enough to train on a CPU."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+    def llama_config(self, vocab_size: int, tokenizer: Any, max_positions: int):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=self.hidden, intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
+            max_position_embeddings=max_positions, tie_word_embeddings=True, rope_theta=10000.0,
+            bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+
+
+@dataclass
+class ScratchConfig:
+    """Everything ``python -m scratch build`` decides (one field per option)."""
+
+    domain: str = field(default="arithmetic", metadata={"help": "Domain whose models are built (only arithmetic has a builder)."})
+    out: str = field(default="", metadata={"help": "Folder of the built models (default: <atkd cache>/models/scratch/<domain>)."})
+    force: bool = field(default=False, metadata={"help": "Rebuild models that are already built."})
+    vocab_size: int = field(default=1024, metadata={"help": "Tokenizer vocabulary (byte-level BPE, one token per digit)."})
+    teacher_layers: int = field(default=6, metadata={"help": "Teacher decoder layers."})
+    teacher_hidden: int = field(default=256, metadata={"help": "Teacher hidden size."})
+    teacher_steps: int = field(default=2400, metadata={"help": "Teacher optimizer steps."})
+    student_layers: int = field(default=2, metadata={"help": "Student decoder layers."})
+    student_hidden: int = field(default=128, metadata={"help": "Student hidden size."})
+    student_steps: int = field(default=300, metadata={"help": "Student optimizer steps."})
+    student_skips: str = field(default=";".join(DEFAULT_STUDENT_SKIPS),
+                               metadata={"help": "Skills (operation/skill, separated by ;) the student never sees; empty: none."})
+    answer_per_skill: int = field(default=1200, metadata={"help": "Teacher: answer examples per skill."})
+    lookup_per_skill: int = field(default=400, metadata={"help": "Teacher and student: 'which option is N?' examples per skill (scratch.tasks)."})
+    letters_per_skill: int = field(default=400, metadata={"help": "Teacher and student: 'which letters do these numbers have?' examples per skill (scratch.tasks)."})
+    compute_per_skill: int = field(default=400, metadata={"help": "Teacher and student: question -> number examples per skill (scratch.tasks)."})
+    generate_per_skill: int = field(default=120, metadata={"help": "Teacher: generation examples per skill."})
+    critic_per_skill: int = field(default=80, metadata={"help": "Teacher: critic examples per skill."})
+    diagnose_per_skill: int = field(default=40, metadata={"help": "Teacher: diagnosis examples per skill."})
+    student_answer_per_skill: int = field(default=200, metadata={"help": "Student: answer examples per skill it sees."})
+    batch_size: int = field(default=32, metadata={"help": "Sequences per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (linear warm-up over the first twentieth of the steps, then cosine decay)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the data, the initialisation and the training order."})
+
+    def __post_init__(self) -> None:
+        if self.domain != "arithmetic":
+            raise ValueError(f"domain: only 'arithmetic' has a model builder, not {self.domain!r}")
+        for name in ("teacher_layers", "teacher_hidden", "teacher_steps", "student_layers", "student_hidden", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.teacher_hidden % 32 or self.student_hidden % 32:
+            raise ValueError("teacher_hidden and student_hidden must be multiples of 32 (32-wide attention heads)")
+        known = {s.key for s in SKILLS}
+        unknown = [k for k in self.skipped if k not in known]
+        if unknown:
+            raise ValueError(f"student_skips: unknown skill(s) {unknown}; known: {', '.join(sorted(known))}")
+
+    @property
+    def skipped(self) -> list[str]:
+        return [k.strip() for k in self.student_skips.split(";") if k.strip()]
+
+    def shape(self, who: str) -> ModelShape:
+        hidden, layers = (self.teacher_hidden, self.teacher_layers) if who == "teacher" else (self.student_hidden, self.student_layers)
+        heads = hidden // 32
+        return ModelShape(layers=layers, hidden=hidden, heads=heads, kv_heads=max(1, heads // 2), intermediate=3 * hidden)
+
+    def output_root(self) -> Path:
+        if self.out:
+            return Path(self.out).expanduser()
+        from engines.smollm2 import cache_root
+
+        return cache_root() / "models" / "scratch" / self.domain
+
+
+def is_built(folder: Path) -> bool:
+    return (folder / INFO_FILE).is_file() and (folder / "config.json").is_file()
+
+
+def _tokenize(examples, tokenizer) -> list[dict[str, Any]]:
+    from training.mcq_data import tokenize_conversation
+
+    return [{**tokenize_conversation(e.id, e.messages, tokenizer), "task": e.task} for e in examples]
+
+
+def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: ModelShape, steps: int,
+                       config: ScratchConfig, workdir: Path) -> tuple[Any, float]:
+    """A random-initialised Llama of ``shape`` trained on ``rows`` (CE on the assistant turns) for
+    ``steps`` steps with the project's trainer (``KDTrainer`` with alpha 0: TRL's SFT loss, fused head)."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaForCausalLM
+
+    from training.distill import distill_config
+    from training.kd_trainer import KDTrainer
+
+    torch.manual_seed(config.seed)
+    longest = max(len(r["input_ids"]) for r in rows)
+    model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
+    init = workdir / "init"
+    model.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    args = distill_config(
+        str(workdir / "trainer"), alpha=0.0, max_steps=steps, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01,
+        seed=config.seed, max_length=longest, logging_steps=max(1, steps // 20), dataloader_drop_last=False,
+        train_sampling_strategy="group_by_length",  # short answer turns batch with each other, not padded to long ones
+    )
+    dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    trainer = KDTrainer(str(init), args=args, train_dataset=dataset, processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return trainer.model, seconds
+
+
+def accuracy_by_node(folder: Path, items: Sequence[MCQItem]) -> dict[str, Any]:
+    """Logprob-mode accuracy of the model in ``folder`` on ``items``, overall and per ability path."""
+    from engines import load_engine
+    from eval.mcq import score_items
+
+    engine = load_engine(f"hf:{folder}", "transformers")
+    result = score_items(engine, items)
+    by_id = {it.id: it for it in items}
+    per: dict[str, list[int]] = defaultdict(list)
+    for r in result.replies:
+        per["/".join(by_id[r.id].ability_path or [])].append(int(r.parsed_answer == r.key))
+    right = sum(sum(v) for v in per.values())
+    return {"accuracy": right / max(1, len(result.replies)), "n": len(result.replies), "items_per_s": result.items_per_s,
+            "per_node": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per.items())}}
+
+
+def build(config: ScratchConfig) -> dict[str, Any]:
+    """Build (or reuse) the tokenizer, teacher and student; returns both models' build info."""
+    from data.domains import get_domain
+    from scratch.tasks import TaskBuilder
+    from scratch.tokenizer import train_tokenizer
+
+    root = config.output_root()
+    teacher_dir, student_dir = root / "teacher", root / "student"
+    if not config.force and is_built(teacher_dir) and is_built(student_dir):
+        logger.info("both models are built in %s (--force rebuilds them)", root)
+        return {who: json.loads((root / who / INFO_FILE).read_text()) for who in ("teacher", "student")}
+    domain = get_domain(config.domain)
+    eval_items, seed_items = domain.eval_items(), domain.seed_items()
+    held_out = {it.question for it in (*eval_items, *seed_items)}
+    tasks = TaskBuilder(seed=config.seed, exclude=held_out, root=domain.root)
+    teacher_examples = tasks.examples({"answer": config.answer_per_skill, "lookup": config.lookup_per_skill, "letters": config.letters_per_skill,
+                                       "compute": config.compute_per_skill, "generate": config.generate_per_skill,
+                                       "critic": config.critic_per_skill, "diagnose": config.diagnose_per_skill})
+    student_tasks = TaskBuilder([s for s in SKILLS if s.key not in config.skipped], seed=config.seed + 1, exclude=held_out, root=domain.root)
+    student_examples = student_tasks.examples({"answer": config.student_answer_per_skill, "lookup": config.lookup_per_skill // 4,
+                                               "letters": config.letters_per_skill // 4,
+                                               "compute": config.compute_per_skill // 4})
+    tokenizer = train_tokenizer([m["content"] for e in teacher_examples for m in e.messages], config.vocab_size)
+    infos: dict[str, Any] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
+        for who, examples, steps, target in (("teacher", teacher_examples, config.teacher_steps, teacher_dir),
+                                              ("student", student_examples, config.student_steps, student_dir)):
+            rows = _tokenize(examples, tokenizer)
+            shape = config.shape(who)
+            logger.info("training the %s (%s) on %d examples for %d steps", who, shape, len(rows), steps)
+            model, seconds = train_from_scratch(rows, tokenizer, shape, steps, config, Path(work) / who)
+            staged = Path(work) / f"{who}-model"
+            model.save_pretrained(staged, safe_serialization=True)
+            tokenizer.save_pretrained(staged)
+            scores = accuracy_by_node(staged, eval_items)
+            tasks_count = defaultdict(int)
+            for r in rows:
+                tasks_count[r["task"]] += 1
+            info = {"who": who, "domain": domain.name, "shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()),
+                    "steps": steps, "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
+                    "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
+            (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            staged.rename(target)
+            infos[who] = info
+            logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)
+    return infos

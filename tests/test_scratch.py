@@ -1,0 +1,182 @@
+"""A domain's own models: the tokenizer, the teacher's tasks in the loop's own prompts, a tiny build."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from data.arithmetic.skills import SKILLS
+from prompts.parse import CriticVerdict, MCQDraft, parse_completion
+from scratch.build import ScratchConfig, build, is_built
+from scratch.tasks import AUX_TASKS, TASKS, TaskBuilder
+from scratch.tokenizer import train_tokenizer
+from tree import AbilityTree
+from tree.diagnose import DiagnoseConfig, parse_diagnoses
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SKILL = {s.key: s for s in SKILLS}
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return TaskBuilder(seed=3).examples({task: 2 for task in (*TASKS, *AUX_TASKS)})
+
+
+@pytest.fixture(scope="module")
+def tokenizer(examples):
+    return train_tokenizer([m["content"] for e in examples for m in e.messages], vocab_size=400)
+
+
+def test_digits_are_single_tokens_and_text_round_trips(tokenizer):
+    text = 'What is 4705 plus 38? {"answer_idx": "C"}'
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert all(len(p.lstrip("Ġ")) == 1 for p in pieces if any(ch.isdigit() for ch in p))
+    assert tokenizer.decode(ids) == text
+
+
+def test_chat_template_continues_an_assistant_prefix(tokenizer):
+    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "The answer is"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    assert text == "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nThe answer is"
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_every_task_is_built_for_every_skill(examples):
+    counts = Counter((e.task, e.skill) for e in examples)
+    assert set(counts) == {(t, s.key) for t in (*TASKS, *AUX_TASKS) for s in SKILLS}
+    assert set(counts.values()) == {2}
+
+
+def test_replies_are_what_the_loop_parses_and_right_by_the_answer_key(examples):
+    for e in examples:
+        reply = e.messages[-1]["content"]
+        if e.task == "answer":
+            assert reply.startswith("The answer is ")
+        elif e.task == "lookup":  # the letter of the option the question names
+            user = e.messages[0]["content"]
+            asked = user.split("Which option is ")[1].split("?")[0]
+            assert f"\n{reply[len('The answer is ')]}. {asked}\n" in user + "\n"
+        elif e.task == "letters":  # each asked number's letter, in the order asked
+            user = e.messages[0]["content"]
+            asked = user.split("Which letters do ")[1].split(" have?")[0].replace(" and ", ", ").split(", ")
+            assert [f"\n{letter}. {number}\n" in user + "\n" for letter, number in zip(reply.split(", "), asked)] == [True] * 4
+        elif e.task == "compute":
+            assert reply.isdigit()
+        elif e.task == "generate":
+            parsed = parse_completion(reply, MCQDraft)
+            assert parsed.ok, reply
+            item = parsed.value
+            assert len(item.options) == 4 and item.answer_idx in item.options
+            assert e.messages[0]["content"].startswith(f"Write a new multiple-choice question about {SKILL[e.skill].path[-1]}")
+        elif e.task == "critic":
+            parsed = parse_completion(reply, CriticVerdict)
+            assert parsed.ok and parsed.value.verdict in ("accept", "reject")
+        else:
+            assert "answers multiple-choice questions on arithmetic" in e.messages[0]["content"]
+            lines = parse_diagnoses(reply, DiagnoseConfig())
+            assert lines and len(lines) == len(reply.splitlines()), reply  # none dropped as an echo or by shape
+
+
+def test_critic_examples_are_half_accept_half_reject(examples):
+    critic = [e for e in examples if e.task == "critic"]
+    verdicts = Counter(json.loads(e.messages[-1]["content"])["verdict"] for e in critic)
+    assert verdicts["accept"] == verdicts["reject"] == len(SKILLS)
+
+
+def test_config_refuses_unknown_skills_and_domains():
+    with pytest.raises(ValueError, match="unknown skill"):
+        ScratchConfig(student_skips="addition/nine digits")
+    with pytest.raises(ValueError, match="only 'arithmetic'"):
+        ScratchConfig(domain="clinical")
+
+
+def test_cli_bad_option_exits_2(capsys):
+    from scratch.__main__ import main
+
+    assert main(["build", "--teacher-hidden", "100"]) == 2
+    assert "multiples of 32" in capsys.readouterr().err
+
+
+TINY = {"teacher_layers": 1, "teacher_hidden": 32, "teacher_steps": 2, "student_layers": 1, "student_hidden": 32,
+        "student_steps": 1, "answer_per_skill": 1, "generate_per_skill": 1, "critic_per_skill": 1, "diagnose_per_skill": 1,
+        "lookup_per_skill": 4, "letters_per_skill": 4, "compute_per_skill": 4, "student_answer_per_skill": 1, "batch_size": 4, "vocab_size": 300}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """ATKD_CACHE pointing at a cache holding a tiny build (for this module's tests and their subprocesses)."""
+    cache = tmp_path_factory.mktemp("atkd-cache")
+    old = os.environ.get("ATKD_CACHE")
+    os.environ["ATKD_CACHE"] = str(cache)
+    infos = build(ScratchConfig(**TINY))
+    yield cache, infos
+    if old is None:
+        del os.environ["ATKD_CACHE"]
+    else:
+        os.environ["ATKD_CACHE"] = old
+
+
+def test_a_tiny_build_is_cached_reused_and_loadable(tiny_cache):
+    cache, infos = tiny_cache
+    config = ScratchConfig(**TINY)
+    root = cache / "models" / "scratch" / "arithmetic"
+    for who in ("teacher", "student"):
+        assert is_built(root / who)
+        info = json.loads((root / who / "build_info.json").read_text())
+        assert info["steps"] == infos[who]["steps"] and info["eval"]["n"] == 12 * len(SKILLS)
+        assert set(info["eval"]["per_node"]) == {"/".join(["arithmetic", *s.path]) for s in SKILLS}
+    assert infos["student"]["skills_skipped"] == config.skipped
+    assert infos["teacher"]["examples"] == {**{t: len(SKILLS) for t in TASKS}, **{t: 4 * len(SKILLS) for t in AUX_TASKS}}
+    stamp = (root / "teacher" / "model.safetensors").stat().st_mtime_ns
+    assert build(config)["teacher"]["train_seconds"] == infos["teacher"]["train_seconds"]  # reused
+    assert (root / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    from engines import load_engine, parse_spec
+
+    assert parse_spec("scratch:arithmetic/teacher").local_path() == root / "teacher"
+    engine = load_engine("scratch:arithmetic/student", "transformers")
+    scored = engine.choice_logprobs([[{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "The answer is"}]], list("ABCD"))
+    assert set(scored[0]) == set("ABCD")
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+@pytest.mark.parametrize("budget", [4, 0])
+def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, tmp_path, budget):
+    """Every stage on the domain's own teacher and student; budget 0 trains on replayed items only."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agents.loop", "--domain", "arithmetic", "--teacher", "scratch:arithmetic/teacher",
+           "--student", "scratch:arithmetic/student", "--engine", "transformers", "--probe-size", "8", "--budget", str(budget),
+           "--replay", "4", "--eval-size", "26", "--train-epochs", "1", "--train-batch-size", "4", "--run-dir", str(run)]
+    p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    it = run / "iteration_1"
+    assert json.loads((it / "G_eval" / "metrics.json").read_text())
+    generate = json.loads((it / "C_distill_data" / ".done.json").read_text())["summary"]
+    label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
+    assert generate["requested"] == budget and label["replay"] == 4
+    if budget == 0:
+        assert generate["parsed"] == 0 and label["generated"] == 0
+    start = AbilityTree.load(run / "tree" / "initial.json")
+    assert start.info("arithmetic/addition/one-digit addition")["description"].startswith("Adding two one-digit numbers")
+
+
+def test_allocation_bench_statistics():
+    from benchmarks.bench_allocation import bottom_quartile, paired
+
+    replies = [{"node": n, "correct": c} for n, cs in {"a": [1, 1], "b": [0, 1], "c": [0, 0], "d": [1, 0], "e": [1, 1]}.items() for c in cs]
+    assert bottom_quartile(replies) == ["c"]
+    p = paired([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.6])
+    assert p["mean"] == pytest.approx(0.125) and p["lo"] < 0.125 < p["hi"]
+    assert p["sign_p"] == pytest.approx(2 / 16)  # all four differences positive: 2 of the 16 sign patterns are as extreme
+    from scipy import stats
+
+    assert p["t_p"] == pytest.approx(stats.ttest_rel([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.6]).pvalue)
