@@ -146,9 +146,6 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
     torch.manual_seed(config.seed)
     longest = max(len(r["input_ids"]) for r in rows)
     model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
-    init = workdir / "init"
-    model.save_pretrained(init)
-    tokenizer.save_pretrained(init)
     args = distill_config(
         str(workdir / "trainer"), alpha=0.0, max_steps=steps, per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01,
@@ -156,7 +153,7 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
         train_sampling_strategy="group_by_length",  # short answer turns batch with each other, not padded to long ones
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
-    trainer = KDTrainer(str(init), args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = KDTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -173,7 +170,7 @@ def accuracy_by_node(folder: Path, items: Sequence[MCQItem]) -> dict[str, Any]:
     by_id = {it.id: it for it in items}
     per: dict[str, list[int]] = defaultdict(list)
     for r in result.replies:
-        per["/".join(by_id[r.id].ability_path or [])].append(int(r.parsed_answer == r.key))
+        per["/".join(by_id[r.id].ability_path or [])].append(int(r.correct))
     right = sum(sum(v) for v in per.values())
     return {"accuracy": right / max(1, len(result.replies)), "n": len(result.replies), "items_per_s": result.items_per_s,
             "per_node": {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(per.items())}}
@@ -222,9 +219,12 @@ def build(config: ScratchConfig) -> dict[str, Any]:
                     "steps": steps, "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
                     "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
             (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            staged.rename(target)
             infos[who] = info
             logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)
+        # Both into place only once both are built: they share the tokenizer, so a failed student build
+        # must not leave a new teacher beside an old student.
+        for who, target in (("teacher", teacher_dir), ("student", student_dir)):
+            if target.exists():
+                shutil.rmtree(target)
+            (Path(work) / f"{who}-model").rename(target)
     return infos
