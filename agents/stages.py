@@ -56,17 +56,27 @@ def select_probe(items: list[MCQItem], n: int, seed: int) -> list[MCQItem]:
     return probe
 
 
+def _answer_mode(ctx: LoopContext) -> dict[str, Any]:
+    """The domain's answer mode, for fingerprints (only when not the default: older runs keep theirs)."""
+    d = ctx.domain
+    return {} if d.answer_mode == "logprob" else {"answer_mode": d.answer_mode, "answer_max_tokens": d.answer_max_tokens}
+
+
+def _score(ctx: LoopContext, engine: Any, items: list[MCQItem]):
+    from eval.mcq import score_items
+
+    return score_items(engine, items, mode=ctx.domain.answer_mode, max_new_tokens=ctx.domain.answer_max_tokens)
+
+
 def infer_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     c = ctx.config
-    values = {"student": state["student"], "probe_size": c.probe_size, "seed": c.seed}
+    values = {"student": state["student"], "probe_size": c.probe_size, "seed": c.seed, **_answer_mode(ctx)}
     return values, [*ctx.domain.seed_files, *_model_inputs(state["student"])]
 
 
 def infer(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from eval.mcq import score_items
-
     probe = select_probe(ctx.seed_items, ctx.config.probe_size, ctx.config.seed)
-    result = score_items(ctx.engines.get(state["student"]), probe)
+    result = _score(ctx, ctx.engines.get(state["student"]), probe)
     write_jsonl(out / "replies.jsonl", result.replies)
     n_correct = sum(r.correct for r in result.replies)
     return {"n": len(probe), "correct": n_correct, "accuracy": n_correct / len(probe), "items_per_s": result.items_per_s}
@@ -204,6 +214,8 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
             domain=ctx.domain.root,
             solver_samples=c.solver_samples,
             solver_min_votes=c.solver_min_votes,
+            solver_mode=ctx.domain.answer_mode,
+            solver_max_tokens=ctx.domain.answer_max_tokens,
             near_dup_metric=c.near_dup_metric,
         ),
         embed=ctx.embed if c.near_dup_metric == "embedding" else None,
@@ -246,7 +258,7 @@ def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     c = ctx.config
     it = state["iteration"]
     paths = [ctx.run.stage(it, "validate") / "validated.jsonl", ctx.run.stage(it, "analyze") / "tree.json", *ctx.domain.seed_files]
-    values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed}
+    values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed, **_answer_mode(ctx)}
     if c.label_teacher:  # only then: runs made before the option keep their fingerprints
         values["label_teacher"] = c.label_teacher
     return values, paths
@@ -259,11 +271,20 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     accepted = read_jsonl(ctx.run.stage(it, "validate") / "validated.jsonl", GeneratedItem)
     replay = select_replay(ctx, state, c.replay)
     items: list[MCQItem] = [*accepted, *replay]
+    solved: dict[str, Any] = {}
+    if items and ctx.domain.answer_mode == "generate":  # the teacher's worked solutions are the replies to learn
+        from synth.solutions import attach_solutions
+
+        n_generated = len(accepted)
+        items, unsolved = attach_solutions(ctx.engines.get(c.label_spec), items, ctx.domain.answer_max_tokens)
+        kept = {it.id for it in items}
+        accepted, replay = [it for it in accepted if it.id in kept], [it for it in replay if it.id in kept]
+        solved = {"unsolved": len(unsolved), "unsolved_generated": n_generated - len(accepted)}
     write_jsonl(out / "items.jsonl", items)
     if not items:
-        return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None}
+        return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None, **solved}
     stats = extract_teacher_logits(ctx.engines.get(c.label_spec), items, out, k=c.top_k)
-    return {"items": len(items), "generated": len(accepted), "replay": len(replay), **stats}
+    return {"items": len(items), "generated": len(accepted), "replay": len(replay), **solved, **stats}
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -334,13 +355,13 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
 
 
 def evaluate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
-    values = {"student": state["student"], "eval_size": ctx.config.eval_size}
+    values = {"student": state["student"], "eval_size": ctx.config.eval_size, **_answer_mode(ctx)}
     return values, [ctx.run.stage(state["iteration"], "train"), *ctx.domain.eval_files, *_model_inputs(state["student"])]
 
 
 def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     from data.records import Reply
-    from eval.mcq import assign_nodes, score_items
+    from eval.mcq import assign_nodes
     from eval.metrics import paired_summary, write_metrics
     from tree import AbilityTree
 
@@ -350,9 +371,9 @@ def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     if prev_eval is not None and (prev_eval / "after.jsonl").is_file():
         before = read_jsonl(prev_eval / "after.jsonl", Reply)  # the previous iteration's new student
     else:
-        before = score_items(ctx.engines.get(state["student"]), items).replies
+        before = _score(ctx, ctx.engines.get(state["student"]), items).replies
     trained = ctx.run.stage(it, "train")
-    after_result = score_items(ctx.engines.get(f"hf:{trained}"), items)
+    after_result = _score(ctx, ctx.engines.get(f"hf:{trained}"), items)
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
     before, after = assign_nodes(before, items, tree), assign_nodes(after_result.replies, items, tree)
     write_jsonl(out / "before.jsonl", before)

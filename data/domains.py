@@ -28,6 +28,12 @@ class Domain:
     eval_files: tuple[Path, ...]
     # node id ("root/child/...") -> description, shown to the teacher when it writes items for the node
     descriptions: dict[str, str] = field(default_factory=dict)
+    # How the domain's questions are answered, by the student, the blind solver and the teacher whose
+    # replies are distilled: "logprob" (the option letters' log-probs after "The answer is") or
+    # "generate" (a free reply of at most answer_max_tokens tokens, read by prompts.extract; the teacher's
+    # replies that reach the key become the items' worked solutions, what the student is trained on).
+    answer_mode: str = "logprob"
+    answer_max_tokens: int = 32
 
     def seed_items(self) -> list[MCQItem]:
         return read_items(self.seed_files)
@@ -66,7 +72,7 @@ def get_domain(name_or_path: str) -> Domain:
     for key in ("name", "root", "seed_files", "eval_files"):
         if key not in raw:
             raise DataError(f"{path}: missing field {key!r}")
-    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions"}
+    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
 
@@ -85,6 +91,12 @@ def get_domain(name_or_path: str) -> Domain:
     described = raw.get("node_descriptions") or {}
     if not isinstance(described, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in described.items()):
         raise DataError(f"{path}: field 'node_descriptions' must map node paths (root/child/...) to descriptions")
+    answer_mode = raw.get("answer_mode", "logprob")
+    if answer_mode not in ("logprob", "generate"):
+        raise DataError(f"{path}: field 'answer_mode' must be 'logprob' or 'generate', not {answer_mode!r}")
+    answer_max_tokens = raw.get("answer_max_tokens", 32)
+    if not isinstance(answer_max_tokens, int) or isinstance(answer_max_tokens, bool) or answer_max_tokens < 1:
+        raise DataError(f"{path}: field 'answer_max_tokens' must be a whole number >= 1, not {answer_max_tokens!r}")
     return Domain(
         name=str(raw["name"]),
         root=str(raw["root"]),
@@ -92,4 +104,6 @@ def get_domain(name_or_path: str) -> Domain:
         seed_files=files("seed_files"),
         eval_files=files("eval_files"),
         descriptions={k: v.strip() for k, v in described.items()},
+        answer_mode=answer_mode,
+        answer_max_tokens=answer_max_tokens,
     )

@@ -44,6 +44,10 @@ class MCQItem(BaseModel):
     answer_idx: str
     meta_info: str = ""
     ability_path: list[str] | None = None
+    # A worked solution that ends by stating the answer ("... 47 + 38 = 85. The answer is 85."): when
+    # set, it is the reply a model is trained on for this item, instead of "The answer is C." (domains
+    # answered in generate mode: the teacher's own solution, checked against the key; data.domains).
+    solution: str | None = None
 
     @field_validator("question")
     @classmethod
@@ -106,7 +110,7 @@ class Reply(BaseModel):
     id: str
     prompt: str
     output: str
-    parsed_answer: str | None
+    parsed_answer: str | None = None  # None: no letter could be read (written files omit it)
     key: str
     correct: bool
     logprobs: dict[str, float] = {}

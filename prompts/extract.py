@@ -3,6 +3,8 @@
 Rules, first match wins:
 1. an explicit statement: "Answer: C", "The answer is (C)", "the correct option is C", "**Answer:** C";
    if explicit statements name different letters the answer is ambiguous (None);
+   an explicit statement of an option's text counts the same: "The answer is 85." where 85 is option C
+   (a worked solution before it may mention other options' numbers: the statement decides);
 2. the reply starts with a bare letter: "C", "C.", "(C)", "C) Insulinoma", "C: ...", unless it copies
    the lettered option list back (lines "A. ...", "B. ...": it commits to nothing);
 3. the text of exactly one option appears in the reply (an option whose text is contained in another
@@ -28,6 +30,8 @@ _EXPLICIT = re.compile(
     r"[(\[]?([A-Z])[)\]]?(?![A-Za-z])",
     re.IGNORECASE,
 )
+# "The answer is 85." / "Answer: Insulinoma": the statement runs to the end of its sentence or line.
+_EXPLICIT_TEXT = re.compile(r"\b(?:answer|correct (?:option|choice))\s*(?:is|:|=)\s*(.+?)\s*(?:\.(?=\s|$)|\n|$)", re.IGNORECASE)
 _LIST_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
 _LEADING = re.compile(r"^\s*[(\[]?([A-Z])(?:\s*$|[)\].:,]|\s*[)\]])")
 
@@ -65,6 +69,10 @@ def extract_answer(text: str, options: Mapping[str, str]) -> str | None:
         if len({m.group(1) for m in explicit}) > 1 or any(_names_other_option(m.group(1), plain[m.end():], options) for m in explicit):
             return None
         return explicit[0].group(1)
+    keys = {option_key(t): letter for letter, t in options.items()}
+    stated = {keys[k] for k in (option_key(m.group(1)) for m in _EXPLICIT_TEXT.finditer(plain)) if k in keys}
+    if stated:
+        return stated.pop() if len(stated) == 1 else None
     if len({m.group(1) for m in _LIST_LINE.finditer(plain)}) > 1:
         return None  # the option list copied back
     lead = _LEADING.match(plain)

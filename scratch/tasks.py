@@ -5,7 +5,13 @@ Each task is a chat conversation whose user turn is rendered by the very functio
 ``synth.validate.critic_messages``, ``tree.diagnose.diagnosis_prompt``), and whose assistant turn is
 the reply a perfect teacher gives, computed from the domain's answer key:
 
-* ``answer``: the MCQ prompt of evaluation and the blind solver, replied "The answer is C.";
+* ``answer``: the MCQ prompt of evaluation and the blind solver, replied with the worked solution and
+  the answer stated as its option's text ("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. 47 + 38 = 85. The answer
+  is 85."). Replied with the letter alone, a model trained from random weights stays at chance: it has
+  to find at once the computation and the circuit that matches a number to its option's letter, from
+  one token of signal per example (measured: flat at ln 4 for 1,500 steps even on "Which option is
+  85?"). Step by step, every digit follows from the few tokens before it, and nothing is matched;
+  the domain is scored in generate mode, the stated text read as its option (``prompts.extract``);
 * ``generate``: the generation request for a node, with one seed exemplar of that node, replied with a
   new item of the node's skill as the compact JSON the schema-constrained decoder writes;
 * ``critic``: the critic's review, replied accept for a correct item and reject for one whose key
@@ -35,8 +41,6 @@ from tree import AbilityTree
 from tree.diagnose import DiagnoseConfig, diagnosis_prompt
 
 TASKS = ("answer", "generate", "critic", "diagnose")
-# Auxiliary tasks that make the answer learnable from scratch (see TaskBuilder.examples).
-AUX_TASKS = ("lookup", "letters", "compute")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ def domain_tree(root: str = "arithmetic") -> AbilityTree:
 def draft_json(item: MCQItem) -> str:
     """An item as the generation schema's compact JSON (question, options, answer_idx)."""
     return json.dumps({"question": item.question, "options": item.options, "answer_idx": item.answer_idx}, ensure_ascii=False)
+
+
+def worked_reply(problem: Problem) -> str:
+    """The answer turn: the worked solution, then the answer stated as its option's text."""
+    return f"{problem.work} The answer is {problem.answer}."
 
 
 def wrong_name(problem: Problem, value: int) -> str:
@@ -87,38 +96,15 @@ class TaskBuilder:
         return draw_problems(s, pool, n, self.seed, self.exclude, unique=False)  # small skills repeat their questions
 
     def examples(self, counts: dict[str, int]) -> list[Example]:
-        """``counts[task]`` examples of each task per skill.
-
-        Besides the loop's tasks, two auxiliary ones: ``lookup`` (the MCQ prompt asking "Which option is
-        85?", replied with that option's letter), ``letters`` (the same prompt asking for the letters of
-        all four numbers in a shuffled order, replied "B, D, A, C": four lookups per example) and
-        ``compute`` (the question alone, replied with the number). A model trained from random weights on ``answer`` alone stays at chance: it has to find,
-        at once, the computation and the circuit that matches a number to its option's letter, and the
-        one letter token per example gives little signal. ``lookup`` teaches the matching with nothing
-        to compute, ``compute`` the arithmetic with nothing to match."""
+        """``counts[task]`` examples of each task per skill."""
         out: list[Example] = []
         for s in self.skills:
             node = "/".join(ability_path(s))
             rng = random.Random(f"{self.seed}:tasks:{s.key}")
             if n := counts.get("answer", 0):
-                for item, _ in self._problems(s, "task-answer", n):
-                    out.append(Example(item.id, "answer", s.key, mcq_conversation(item)))
-            if n := counts.get("lookup", 0):
-                for item, _ in self._problems(s, "task-lookup", n):
-                    asked = item.model_copy(update={"question": f"Which option is {item.options[item.answer_idx]}?"})
-                    out.append(Example(f"lookup-{item.id}", "lookup", s.key, mcq_conversation(asked)))
-            if n := counts.get("letters", 0):
-                for item, _ in self._problems(s, "task-letters", n):
-                    order = list(item.options)
-                    rng.shuffle(order)
-                    numbers = [item.options[letter] for letter in order]
-                    asked = f"Which letters do {', '.join(numbers[:-1])} and {numbers[-1]} have?"
-                    user = mcq_conversation(item.model_copy(update={"question": asked}))[0]
-                    out.append(Example(f"letters-{item.id}", "letters", s.key, [user, {"role": "assistant", "content": ", ".join(order)}]))
-            if n := counts.get("compute", 0):
-                for item, problem in self._problems(s, "task-compute", n):
-                    messages = [{"role": "user", "content": item.question}, {"role": "assistant", "content": str(problem.answer)}]
-                    out.append(Example(f"compute-{item.id}", "compute", s.key, messages))
+                for item, problem in self._problems(s, "task-answer", n):
+                    user = mcq_conversation(item)[0]
+                    out.append(Example(item.id, "answer", s.key, [user, {"role": "assistant", "content": worked_reply(problem)}]))
             if n := counts.get("generate", 0):
                 targets = self._problems(s, "task-generate", n)
                 shown = self._problems(s, "task-exemplar", n)

@@ -48,6 +48,7 @@ from data.run_layout import REJECTION_STAGES
 from data.text import normalize_text
 from engines.base import Engine, SamplingParams
 from prompts import render
+from prompts.extract import extract_answer
 from prompts.mcq import mcq_messages
 from prompts.parse import CriticVerdict, critic_json_schema, parse_completion
 from synth.dedup import METRICS, ContaminationIndex, DuplicateIndex, Embed, memoized
@@ -81,6 +82,8 @@ class ValidationConfig:
     contamination_ngram: int = field(default=13, metadata={"help": "Shared word n-gram length that marks an item contaminated."})
     solver_samples: int = field(default=1, metadata={"help": "Presentations of each item per solver model, each with the options in another order; each is a vote."})
     solver_min_votes: int = field(default=0, metadata={"help": "Votes for the key an item needs to pass the solver (0 = all votes of all solver models)."})
+    solver_mode: str = field(default="logprob", metadata={"help": "How the solver answers: logprob (the letters' log-probs) or generate (a greedy free reply read by prompts.extract; the domain's answer_mode)."})
+    solver_max_tokens: int = field(default=32, metadata={"help": "Token budget of one generate-mode solver reply (the domain's answer_max_tokens)."})
     rebalance: bool = field(default=True, metadata={"help": "Even out the answer letters of accepted items (items whose options refer to other options stay as they are)."})
     seed: int = field(default=0, metadata={"help": "Seed of the solver's option shuffles, the critic's sampling and the rebalancing."})
     critic_unparseable: str = field(default="reject", metadata={"help": "What an unparseable critic reply means: reject or accept."})
@@ -98,6 +101,10 @@ class ValidationConfig:
             raise ValueError(f"near_dup_metric must be one of {', '.join(METRICS)}, got {self.near_dup_metric!r}")
         if not 1 <= self.solver_samples <= 26:
             raise ValueError(f"solver_samples must be in [1, 26], got {self.solver_samples}")
+        if self.solver_mode not in ("logprob", "generate"):
+            raise ValueError(f"solver_mode must be logprob or generate, got {self.solver_mode!r}")
+        if self.solver_max_tokens < 1:
+            raise ValueError(f"solver_max_tokens must be >= 1, got {self.solver_max_tokens}")
         if self.solver_min_votes < 0:
             raise ValueError(f"solver_min_votes must be >= 0, got {self.solver_min_votes}")
         if self.near_dup_ngram < 1 or self.contamination_ngram < 1:
@@ -171,14 +178,18 @@ def presentations(item: MCQItem, seed: int, samples: int) -> list[tuple[dict[str
     return [shuffle_options(item.options, f"{seed}:{s // n}:{item.id}", s % n) for s in range(samples)]
 
 
-def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples: int = 1) -> list[list[SolverVote]]:
-    """Answer every item ``samples`` times without its key, in ONE ``choice_logprobs`` call.
+def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples: int = 1, mode: str = "logprob",
+                max_new_tokens: int = 32) -> list[list[SolverVote]]:
+    """Answer every item ``samples`` times without its key, in ONE ``choice_logprobs`` call (logprob
+    mode) or ONE greedy ``generate`` call whose replies ``prompts.extract`` reads (generate mode).
 
     Returns one list of votes per item, in presentation order.
     """
     if not items:
         return []
     shown_all = [presentations(it, seed, samples) for it in items]
+    if mode == "generate":
+        return _solve_by_generation(engine, items, shown_all, max_new_tokens)
     prompts = [mcq_messages(it.question, shown) for it, pres in zip(items, shown_all) for shown, _ in pres]
     letters = [chr(ord("A") + i) for i in range(max(len(it.options) for it in items))]
     scores = iter(engine.choice_logprobs(prompts, letters))
@@ -194,6 +205,23 @@ def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples
             best = own[logps.index(top)]
             prob_key = probs[order.index(item.answer_idx)] / sum(probs)
             own_votes.append(SolverVote(engine.name, order[ord(best) - ord("A")], prob_key, order))
+        votes.append(own_votes)
+    return votes
+
+
+def _solve_by_generation(engine: Engine, items: Sequence[MCQItem], shown_all: list[list[tuple[dict[str, str], list[str]]]],
+                         max_new_tokens: int) -> list[list[SolverVote]]:
+    """Generate-mode votes: the letter the reply commits to (no letter: a vote for nothing), the
+    probability of the key 1 or 0."""
+    prompts = [mcq_messages(it.question, shown, with_prefix=False) for it, pres in zip(items, shown_all) for shown, _ in pres]
+    texts = iter(c.text for c in engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)))
+    votes: list[list[SolverVote]] = []
+    for item, pres in zip(items, shown_all):
+        own_votes = []
+        for shown, order in pres:
+            letter = extract_answer(next(texts), shown)
+            pick = order[ord(letter) - ord("A")] if letter else ""
+            own_votes.append(SolverVote(engine.name, pick, float(pick == item.answer_idx), order))
         votes.append(own_votes)
     return votes
 
@@ -355,7 +383,8 @@ def validate_items(
     votes: list[list[SolverVote]] = [[] for _ in survivors]
     if need_solver:
         for engine in solvers:
-            for own, new in zip(votes, solve_blind(engine, survivors, config.seed, config.solver_samples)):
+            for own, new in zip(votes, solve_blind(engine, survivors, config.seed, config.solver_samples,
+                                                      config.solver_mode, config.solver_max_tokens)):
                 own.extend(new)
     judged = critique(critic, survivors, config) if need_critic else [None] * len(survivors)
 

@@ -132,3 +132,38 @@ def test_bad_node_descriptions_are_refused(tmp_path):
 def test_unknown_skill_names_the_known_ones():
     with pytest.raises(KeyError, match="addition/one-digit addition"):
         skills.skill("addition/nine-digit")
+
+
+_STEP = re.compile(r"^(\d+) ([-+×÷]) (\d+)(?: \+ (\d+))? = (\d+)(?: r (\d+))?$")
+
+
+@pytest.mark.parametrize("s", SKILLS, ids=lambda s: s.key)
+def test_worked_solutions_are_right_step_by_step(s):
+    """Every step of every worked solution is true arithmetic, and the solution ends in the answer."""
+    rng = random.Random(7)
+    for _ in range(150):
+        p = s.draw(rng)
+        assert p.work.endswith(f" {p.answer}."), p.work
+        steps = [m for m in (_STEP.match(x.strip(" .")) for x in re.split(r"[,:.] ", p.work)) if m]
+        if s.operation in ("addition", "subtraction", "multiplication", "division"):
+            assert steps, p.work
+        for m in steps:
+            x, op, y, carry, result, rest = m.groups()
+            x, y, carry, result = int(x), int(y), int(carry or 0), int(result)
+            if op == "+":
+                assert x + y + carry == result, m.group(0)
+            elif op == "-":
+                assert x - y == result, m.group(0)
+            elif op == "×":
+                assert x * y + carry == result, m.group(0)
+            else:
+                assert (x // y, x % y) == (result, int(rest or 0)), m.group(0)
+
+
+def test_worked_column_steps_spell_the_answer():
+    """The ones digits of the column steps, last carry included, are the answer's digits (47 + 38)."""
+    assert skills.work_add(47, 38) == "47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. 47 + 38 = 85."
+    assert skills.work_sub(503, 398) == "503 - 398: 13 - 8 = 5, 9 - 9 = 0, 4 - 3 = 1. 503 - 398 = 105."
+    assert skills.work_mul(47, 6) == "47 × 6: 7 × 6 = 42, 4 × 6 + 4 = 28. 47 × 6 = 282."
+    assert skills.work_div(156, 6) == "156 ÷ 6: 15 ÷ 6 = 2 r 3, 36 ÷ 6 = 6 r 0. 156 ÷ 6 = 26."
+    assert skills.work_div(38, 5) == "38 ÷ 5 = 7 r 3."

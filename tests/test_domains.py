@@ -31,3 +31,19 @@ def test_user_domain_yaml(tmp_path):
         get_domain(str(y))
     y.write_text("name: mine\nroot: my field\nseed_files: [s.jsonl]\neval_files: s.jsonl\n")
     assert get_domain(str(y)).seed_items()[0].id == "a-1"
+
+
+def test_answer_mode_defaults_to_logprob_and_is_checked(tmp_path):
+    (tmp_path / "s.jsonl").write_text('{"id": "a-1", "question": "Q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n')
+    y = tmp_path / "domain.yaml"
+    base = "name: mine\nroot: my field\nseed_files: [s.jsonl]\neval_files: s.jsonl\n"
+    y.write_text(base)
+    assert (get_domain(str(y)).answer_mode, get_domain(str(y)).answer_max_tokens) == ("logprob", 32)
+    y.write_text(base + "answer_mode: generate\nanswer_max_tokens: 100\n")
+    assert (get_domain(str(y)).answer_mode, get_domain(str(y)).answer_max_tokens) == ("generate", 100)
+    for bad, field in (("answer_mode: letters", "answer_mode"), ("answer_max_tokens: 0", "answer_max_tokens"),
+                       ("answer_max_tokens: many", "answer_max_tokens")):
+        y.write_text(base + bad + "\n")
+        with pytest.raises(DataError, match=rf"domain.yaml: field '{field}'"):
+            get_domain(str(y))
+    assert get_domain("arithmetic").answer_mode == "generate" and get_domain("clinical").answer_mode == "logprob"

@@ -62,6 +62,17 @@ def test_short_options_match_whole_words_only():
     assert extract_answer("yes, or maybe", yes_no) is None
 
 
+def test_stated_option_text_decides_over_a_worked_solution():
+    """A worked solution mentions other options' numbers; the closing statement is the answer."""
+    numbers = {"A": "75", "B": "85", "C": "715", "D": "8"}
+    assert extract_answer("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. 47 + 38 = 85. The answer is 85.", numbers) == "B"
+    assert extract_answer("The answer is 8.", numbers) == "D"  # a one-digit option, stated
+    assert extract_answer("The answer is 85. The answer is 75.", numbers) is None
+    assert extract_answer("75 or 85: the answer is 90.", numbers) is None  # states no option; mentions two
+    assert extract_answer("The answer is Factitious disorder.", OPTIONS) == "B"
+    assert extract_answer("Answer: insulin", OPTIONS) == "C"
+
+
 def test_non_text_is_unparsed():
     assert extract_answer(None, OPTIONS) is None  # type: ignore[arg-type]
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from data.arithmetic.build import draw_problems
 from data.arithmetic.skills import SKILLS
+from prompts.extract import extract_answer
 from prompts.parse import CriticVerdict, MCQDraft, parse_completion
 from scratch.build import ScratchConfig, build, is_built
-from scratch.tasks import AUX_TASKS, TASKS, TaskBuilder
+from scratch.tasks import TASKS, TaskBuilder
 from scratch.tokenizer import train_tokenizer
 from tree import AbilityTree
 from tree.diagnose import DiagnoseConfig, parse_diagnoses
@@ -26,7 +28,7 @@ SKILL = {s.key: s for s in SKILLS}
 
 @pytest.fixture(scope="module")
 def examples():
-    return TaskBuilder(seed=3).examples({task: 2 for task in (*TASKS, *AUX_TASKS)})
+    return TaskBuilder(seed=3).examples({task: 2 for task in TASKS})
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +54,18 @@ def test_chat_template_continues_an_assistant_prefix(tokenizer):
 
 def test_every_task_is_built_for_every_skill(examples):
     counts = Counter((e.task, e.skill) for e in examples)
-    assert set(counts) == {(t, s.key) for t in (*TASKS, *AUX_TASKS) for s in SKILLS}
+    assert set(counts) == {(t, s.key) for t in TASKS for s in SKILLS}
     assert set(counts.values()) == {2}
 
 
 def test_replies_are_what_the_loop_parses_and_right_by_the_answer_key(examples):
+    answer_items = [item for s in SKILLS for item, _ in draw_problems(s, "task-answer", 2, 3, unique=False)]
     for e in examples:
         reply = e.messages[-1]["content"]
-        if e.task == "answer":
-            assert reply.startswith("The answer is ")
-        elif e.task == "lookup":  # the letter of the option the question names
-            user = e.messages[0]["content"]
-            asked = user.split("Which option is ")[1].split("?")[0]
-            assert f"\n{reply[len('The answer is ')]}. {asked}\n" in user + "\n"
-        elif e.task == "letters":  # each asked number's letter, in the order asked
-            user = e.messages[0]["content"]
-            asked = user.split("Which letters do ")[1].split(" have?")[0].replace(" and ", ", ").split(", ")
-            assert [f"\n{letter}. {number}\n" in user + "\n" for letter, number in zip(reply.split(", "), asked)] == [True] * 4
-        elif e.task == "compute":
-            assert reply.isdigit()
+        if e.task == "answer":  # the worked solution, then the key's option text stated
+            item = next(it for it in answer_items if it.question in e.messages[0]["content"])
+            assert reply.endswith(f" The answer is {item.options[item.answer_idx]}.")
+            assert extract_answer(reply, item.options) == item.answer_idx
         elif e.task == "generate":
             parsed = parse_completion(reply, MCQDraft)
             assert parsed.ok, reply
@@ -108,7 +103,7 @@ def test_cli_bad_option_exits_2(capsys):
 
 TINY = {"teacher_layers": 1, "teacher_hidden": 32, "teacher_steps": 2, "student_layers": 1, "student_hidden": 32,
         "student_steps": 1, "answer_per_skill": 1, "generate_per_skill": 1, "critic_per_skill": 1, "diagnose_per_skill": 1,
-        "lookup_per_skill": 4, "letters_per_skill": 4, "compute_per_skill": 4, "student_answer_per_skill": 1, "batch_size": 4, "vocab_size": 300}
+        "student_answer_per_skill": 1, "batch_size": 4, "vocab_size": 300, "eval_per_skill": 1}
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +127,10 @@ def test_a_tiny_build_is_cached_reused_and_loadable(tiny_cache):
     for who in ("teacher", "student"):
         assert is_built(root / who)
         info = json.loads((root / who / "build_info.json").read_text())
-        assert info["steps"] == infos[who]["steps"] and info["eval"]["n"] == 12 * len(SKILLS)
+        assert info["steps"] == infos[who]["steps"] and info["eval"]["n"] == len(SKILLS)
         assert set(info["eval"]["per_node"]) == {"/".join(["arithmetic", *s.path]) for s in SKILLS}
     assert infos["student"]["skills_skipped"] == config.skipped
-    assert infos["teacher"]["examples"] == {**{t: len(SKILLS) for t in TASKS}, **{t: 4 * len(SKILLS) for t in AUX_TASKS}}
+    assert infos["teacher"]["examples"] == {t: len(SKILLS) for t in TASKS}
     stamp = (root / "teacher" / "model.safetensors").stat().st_mtime_ns
     assert build(config)["teacher"]["train_seconds"] == infos["teacher"]["train_seconds"]  # reused
     assert (root / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp
@@ -162,7 +157,8 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     assert json.loads((it / "G_eval" / "metrics.json").read_text())
     generate = json.loads((it / "C_distill_data" / ".done.json").read_text())["summary"]
     label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
-    assert generate["requested"] == budget and label["replay"] == 4
+    # Generate mode: the items the (tiny, untrained) teacher's worked solution does not solve are set aside.
+    assert generate["requested"] == budget and label["replay"] + label["unsolved"] - label["unsolved_generated"] == 4
     if budget == 0:
         assert generate["parsed"] == 0 and label["generated"] == 0
     start = AbilityTree.load(run / "tree" / "initial.json")

@@ -13,7 +13,7 @@ import pytest
 from data.text import normalize_text, word_tokens
 from synth.dedup import ContaminationIndex, DuplicateIndex, exact_key, jaccard, ngrams
 from data.records import GeneratedItem, MCQItem
-from synth.validate import ValidationConfig, shuffle_options, solve_blind, validate_items
+from synth.validate import ValidationConfig, shuffle_options, solve_blind, solver_verdict, validate_items
 from tests.fixtures.scripted_engine import ScriptedEngine, shown_options, user_text
 
 
@@ -312,3 +312,28 @@ def test_accepted_answer_positions_are_rebalanced_without_changing_the_items():
 def test_config_range_checks(kwargs):
     with pytest.raises(ValueError):
         ValidationConfig(**kwargs)
+
+
+def test_generate_mode_solver_reads_worked_replies_and_maps_letters_back():
+    """A generate-mode domain's solver: one generate call over all presentations; a reply stating an
+    option's text votes for it (in the item's own letters), one stating nothing votes for nothing."""
+    items = [gen(f"g{i}", f"What is {i} plus {i}?", [str(2 * i), str(2 * i + 1), str(2 * i + 10), str(2 * i + 100)], key)
+             for i, key in zip(range(1, 5), "ABCD")]
+
+    def reply(prompt):
+        i = next(k for k in range(1, 5) if f"What is {k} plus {k}?" in user_text(prompt))
+        return "I am not sure." if i == 4 else f"{i} + {i} = {2 * i}. The answer is {2 * i}."
+
+    solver = ScriptedEngine(reply=reply)
+    votes = solve_blind(solver, items, seed=3, samples=2, mode="generate", max_new_tokens=64)
+    assert len(solver.calls) == 1 and solver.calls[0][0] == "generate" and len(solver.calls[0][1]) == 8
+    assert solver.calls[0][2].max_new_tokens == 64 and solver.calls[0][2].temperature == 0.0
+    picks = [[v.pick for v in own] for own in votes]
+    assert picks == [["A", "A"]] * 3 + [["", ""]]  # the stated sum is option A of each item, however shown
+    assert [v.prob_key for v in votes[0]] == [1.0, 1.0] and [v.prob_key for v in votes[1]] == [0.0, 0.0]  # keys A, B
+    assert solver_verdict(votes[0], "A", 0)[0] and not solver_verdict(votes[3], "D", 1)[0]
+
+
+def test_solver_mode_is_checked():
+    with pytest.raises(ValueError, match="solver_mode"):
+        ValidationConfig(solver_mode="letters")

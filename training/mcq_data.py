@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def mcq_conversation(item: MCQItem) -> list[dict[str, str]]:
-    """User turn (question and options) and assistant turn (the answer, plus an explanation if any)."""
+    """User turn (question and options) and assistant turn: the item's worked solution if it has one,
+    else the answer ("The answer is C.") plus an explanation if any."""
     messages = mcq_messages(item.question, item.options, with_prefix=False)
-    answer = answer_text(item.answer_idx, getattr(item, "explanation", ""))
+    answer = (item.solution or "").strip() or answer_text(item.answer_idx, getattr(item, "explanation", ""))
     return [*messages, {"role": "assistant", "content": answer}]
 
 

@@ -27,6 +27,7 @@ class Problem:
     question: str
     answer: int
     mistakes: tuple[tuple[int, str], ...]  # (wrong answer, the mistake that gives it), most typical first
+    work: str = ""  # the worked solution, column by column, ending in the answer (see ``scratch.tasks``)
 
     def mistake_of(self, value: int) -> str:
         """The name of the first mistake that gives ``value`` ("" for a filler or the answer)."""
@@ -122,6 +123,75 @@ def multiply_every_column_mod_ten(a: int, b: int) -> int:
     return from_digits([(d * b) % 10 for d in digits(a, w)])
 
 
+# ---------------------------------------------------------------- worked solutions
+# One short step per column, ones first, so that every digit of the answer follows from the few tokens
+# before it: a model trained from random weights learns such steps quickly, and the whole answer at once
+# hardly at all (issue 20).
+
+
+def add_steps(a: int, b: int) -> str:
+    """ "7 + 8 = 15, 4 + 3 + 1 = 8": each column's sum with the carry coming in."""
+    w = max(len(str(a)), len(str(b)))
+    steps, carry = [], 0
+    for x, y in zip(digits(a, w), digits(b, w)):
+        total = x + y + carry
+        steps.append(f"{x} + {y}{f' + {carry}' if carry else ''} = {total}")
+        carry = total // 10
+    return ", ".join(steps)
+
+
+def work_add(a: int, b: int) -> str:
+    if a < 10 and b < 10:
+        return f"{a} + {b} = {a + b}."
+    return f"{a} + {b}: {add_steps(a, b)}. {a} + {b} = {a + b}."
+
+
+def work_sub(a: int, b: int) -> str:
+    """ "52 - 38: 12 - 8 = 4, 4 - 3 = 1": a column that borrows shows its top digit plus ten, the next
+    column's top digit is already one less."""
+    w = len(str(a))
+    steps, borrow = [], 0
+    for x, y in zip(digits(a, w), digits(b, w)):
+        top = x - borrow
+        borrow = 1 if top < y else 0
+        steps.append(f"{top + 10 * borrow} - {y} = {top + 10 * borrow - y}")
+    return f"{a} - {b}: {', '.join(steps)}. {a} - {b} = {a - b}."
+
+
+def mul_steps(a: int, d: int) -> str:
+    """ "7 × 6 = 42, 4 × 6 + 4 = 28": each digit of ``a`` times the digit ``d``, plus the carry."""
+    steps, carry = [], 0
+    for x in digits(a, len(str(a))):
+        total = x * d + carry
+        steps.append(f"{x} × {d}{f' + {carry}' if carry else ''} = {total}")
+        carry = total // 10
+    return ", ".join(steps)
+
+
+def work_mul(a: int, b: int) -> str:
+    if a < 10 and b < 10 or b in (10, 100):
+        return f"{a} × {b} = {a * b}."
+    if b < 10:
+        return f"{a} × {b}: {mul_steps(a, b)}. {a} × {b} = {a * b}."
+    ones, tens = a * (b % 10), a * (b // 10) * 10
+    return (f"{a} × {b % 10}: {mul_steps(a, b % 10)}, {ones}. {a} × {b // 10}: {mul_steps(a, b // 10)}, {tens // 10}, "
+            f"so {a} × {b // 10 * 10} = {tens}. {ones} + {tens}: {add_steps(ones, tens)}. {a} × {b} = {a * b}.")
+
+
+def work_div(a: int, b: int) -> str:
+    """Long division, leftmost digits first: "156 ÷ 6: 15 ÷ 6 = 2 r 3, 36 ÷ 6 = 6 r 0"."""
+    if a // b < 10:
+        return f"{a} ÷ {b} = {a // b}{f' r {a % b}' if a % b else ''}."
+    steps, rest = [], 0
+    for k, ch in enumerate(str(a)):
+        rest = 10 * rest + int(ch)
+        if rest < b and not steps:
+            continue
+        steps.append(f"{rest} ÷ {b} = {rest // b} r {rest % b}")
+        rest %= b
+    return f"{a} ÷ {b}: {', '.join(steps)}. {a} ÷ {b} = {a // b}{f' r {a % b}' if a % b else ''}."
+
+
 # ---------------------------------------------------------------- question wording
 
 _ADD = (
@@ -206,7 +276,7 @@ def _addition(n_a: int, n_b: int, carries: int | None, at_least: bool = False) -
         s = a + b
         mistakes = ((add_without_carry(a, b), "drops the carry"), (carry_into_wrong_column(a, b), "adds the carry to the wrong column"),
                     (add_columns_concatenated(a, b), "writes each column's sum side by side"), *_off(s, 10, -10, 1, -1))
-        return Problem(_say(rng, _ADD, a=a, b=b), s, mistakes)
+        return Problem(_say(rng, _ADD, a=a, b=b), s, mistakes, work_add(a, b))
 
     return draw
 
@@ -223,7 +293,7 @@ def _subtraction(n_a: int, n_b: int, borrows: int | None, across_zero: bool = Fa
         mistakes = ((subtract_smaller_from_larger(a, b), "takes the smaller digit from the larger instead of borrowing"),
                     (borrow_not_paid_back(a, b), "borrows but does not reduce the next column"), *_off(d, 10, -10),
                     (a + b, "adds instead of subtracting"), *_off(d, 1, -1))
-        return Problem(_say(rng, _SUB, a=a, b=b), d, mistakes)
+        return Problem(_say(rng, _SUB, a=a, b=b), d, mistakes, work_sub(a, b))
 
     return draw
 
@@ -234,7 +304,7 @@ def _times_table(lo: int, hi: int) -> Callable[[random.Random], Problem]:
         p = a * b
         mistakes = ((a * (b + 1), "recalls a neighbouring times-table fact"), (a * (b - 1), "recalls a neighbouring times-table fact"),
                     ((a + 1) * b, "recalls a neighbouring times-table fact"), (a + b, "adds instead of multiplying"), *_off(p, 1, -1, 10))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes)
+        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
 
     return draw
 
@@ -245,7 +315,7 @@ def _by_power_of_ten(rng: random.Random) -> Problem:
     other = 100 if b == 10 else 10
     mistakes = ((a * other, "appends the wrong number of zeros"), (a * b * 10, "appends the wrong number of zeros"),
                 (a + b, "adds instead of multiplying"), (p + b, "adds the factor once too often"), (p - b, "adds the factor once too few"))
-    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes)
+    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
 
 
 def _two_by_one(carry: bool) -> Callable[[random.Random], Problem]:
@@ -259,7 +329,7 @@ def _two_by_one(carry: bool) -> Callable[[random.Random], Problem]:
                    (multiply_every_column_mod_ten(a, b), "drops every carry")) if carry else ()
         mistakes = (*dropped, (a * (b + 1), "multiplies by one more"), (a * (b - 1), "multiplies by one less"),
                     (a + b, "adds instead of multiplying"), *_off(p, 10, -10, 1))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes)
+        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
 
     return draw
 
@@ -270,7 +340,7 @@ def _two_by_two(rng: random.Random) -> Problem:
     mistakes = ((multiply_partial_unshifted(a, b), "does not shift the second partial product"),
                 ((a // 10) * (b // 10) * 100 + (a % 10) * (b % 10), "multiplies only tens by tens and ones by ones"),
                 *_off(p, 10, -10, 100, -100))
-    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes)
+    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
 
 
 def _division(q_lo: int, q_hi: int) -> Callable[[random.Random], Problem]:
@@ -279,7 +349,7 @@ def _division(q_lo: int, q_hi: int) -> Callable[[random.Random], Problem]:
         a = b * q
         mistakes = (*_off(q, 1, -1), (a - b, "subtracts instead of dividing"), *_off(q, 10),
                     (q * 10 if q < 10 else q - 10, "puts the quotient's digit in the wrong place"), *_off(q, 2))
-        return Problem(_say(rng, _DIV, a=a, b=b), q, mistakes)
+        return Problem(_say(rng, _DIV, a=a, b=b), q, mistakes, work_div(a, b))
 
     return draw
 
@@ -290,7 +360,7 @@ def _remainder(rng: random.Random) -> Problem:
     a = b * q + r
     mistakes = ((q, "gives the quotient instead of the remainder"), (b - r, "counts up to the next multiple instead of down"),
                 *_off(r, 1, -1 if r > 1 else 2), (r + b, "stops one group short"))
-    return Problem(_say(rng, _REM, a=a, b=b), r, mistakes)
+    return Problem(_say(rng, _REM, a=a, b=b), r, mistakes, f"{work_div(a, b)} The remainder is {r}.")
 
 
 def _rounding(place: int, digits_n: int) -> Callable[[random.Random], Problem]:
@@ -305,7 +375,10 @@ def _rounding(place: int, digits_n: int) -> Callable[[random.Random], Problem]:
         mistakes = ((wrong, "rounds in the wrong direction"), (round(n / other_place) * other_place, "rounds to the wrong place"),
                     (right + place, f"is off by one {word}"), (right - place, f"is off by one {word}"), (n, "does not round"))
         text = rng.choice((f"Round {n} to the nearest {word}.", f"What is {n} rounded to the nearest {word}?"))
-        return Problem(text, right, mistakes)
+        look = {10: "ones", 100: "tens"}[place]
+        digit = (n // (place // 10)) % 10
+        work = f"{n} to the nearest {word}: the {look} digit is {digit}, so round {'up' if right == up else 'down'}: {right}."
+        return Problem(text, right, mistakes, work)
 
     return draw
 
@@ -322,7 +395,8 @@ def _place_value(place: str) -> Callable[[random.Random], Problem]:
         mistakes = (*((d, "reads the digit of a neighbouring place") for d in others[:2]), *((d, "counts the places from the wrong end") for d in others[2:]),
                     ((right + 1) % 10, "is off by one"), ((right + 9) % 10, "is off by one"))
         text = rng.choice((f"What is the {place} digit of {n}?", f"In the number {n}, which digit is in the {place} place?"))
-        return Problem(text, right, mistakes)
+        work = f"{n}: thousands {ds[3]}, hundreds {ds[2]}, tens {ds[1]}, ones {ds[0]}. The {place} digit is {right}."
+        return Problem(text, right, mistakes, work)
 
     return draw
 
@@ -337,7 +411,8 @@ def _largest(rng: random.Random) -> Problem:
     right = max(chosen)
     shown = ", ".join(str(c) for c in chosen[:-1]) + f" or {chosen[-1]}"
     text = rng.choice((f"Which is the largest: {shown}?", f"Which of these numbers is the largest: {shown}?"))
-    return Problem(text, right, tuple((c, "compares the digits in the wrong order") for c in sorted((c for c in chosen if c != right), reverse=True)))
+    work = f"From the largest down: {', '.join(str(c) for c in sorted(chosen, reverse=True))}. The largest is {right}."
+    return Problem(text, right, tuple((c, "compares the digits in the wrong order") for c in sorted((c for c in chosen if c != right), reverse=True)), work)
 
 
 SKILLS: tuple[Skill, ...] = (
