@@ -17,7 +17,10 @@ the reply a perfect teacher gives, computed from the domain's answer key:
 * ``critic``: the critic's review, replied accept for a correct item and reject for one whose key
   was moved to a distractor;
 * ``diagnose``: the error-analysis prompt over a node's missed items, replied with one "- " line per
-  mistake behind the options the student chose.
+  mistake behind the options the student chose; asked (two or more misses, as the loop asks) whether
+  they share a narrower sub-topic, a "Sub-topic: the seven times table" line where most of them do
+  (``Problem.topic``: times tables by table, multiplication and division by the one-digit factor), so
+  the tree's growth path is exercised by a teacher that knows when a narrower skill is behind the misses.
 
 So the teacher is trained on exactly the text it will be asked; a change of a prompt file changes the
 training data with it (rebuild the models: ``python -m scratch build --force``).
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -78,6 +81,13 @@ def wrong_name(problem: Problem, value: int) -> str:
     return {1: "is off by one", 10: "is off by ten in the tens digit", 100: "is off by one hundred"}.get(off, f"is off by {off}")
 
 
+def shared_topic(problems: Sequence[Problem]) -> str:
+    """The sub-topic more than half of ``problems`` belong to ("" when none does): the reply's "Sub-topic:"."""
+    counts = Counter(p.topic for p in problems if p.topic)
+    topic, count = counts.most_common(1)[0] if counts else ("", 0)
+    return topic if 2 * count > len(problems) else ""
+
+
 class TaskBuilder:
     """Renders examples of every task for the skills it is given, from draws of the domain's builder."""
 
@@ -94,6 +104,21 @@ class TaskBuilder:
 
     def _problems(self, s: Skill, pool: str, n: int) -> list[tuple[MCQItem, Problem]]:
         return draw_problems(s, pool, n, self.seed, self.exclude, unique=False)  # small skills repeat their questions
+
+    def _diagnosis_chunks(self, s: Skill, n: int, rng: random.Random) -> list[list[tuple[MCQItem, Problem]]]:
+        """``n`` groups of 1 to 3 missed items; in a skill with sub-topics every other group of two or more
+        is drawn from one sub-topic, so the teacher sees misses that share one as often as misses that don't."""
+        pool = self._problems(s, "task-diagnose", 3 * n)
+        by_topic: dict[str, list[tuple[MCQItem, Problem]]] = defaultdict(list)
+        for pair in pool:
+            if pair[1].topic:
+                by_topic[pair[1].topic].append(pair)
+        chunks = []
+        for k in range(n):
+            size = rng.randint(1, 3)
+            topics = sorted(t for t, pairs in by_topic.items() if len(pairs) >= size) if size >= 2 and k % 2 else []
+            chunks.append(rng.sample(by_topic[rng.choice(topics)], size) if topics else pool[3 * k : 3 * k + size])
+        return chunks
 
     def examples(self, counts: dict[str, int]) -> list[Example]:
         """``counts[task]`` examples of each task per skill."""
@@ -126,16 +151,18 @@ class TaskBuilder:
                     messages = [*critic_messages(shown_item, self.validation, prefill=False), {"role": "assistant", "content": json.dumps(reply)}]
                     out.append(Example(f"critic-{item.id}", "critic", s.key, messages))
             if n := counts.get("diagnose", 0):
-                pool = self._problems(s, "task-diagnose", 3 * n)
-                for k in range(n):
-                    chunk = pool[3 * k : 3 * k + rng.randint(1, 3)]
+                for k, chunk in enumerate(self._diagnosis_chunks(s, n, rng)):
                     missed, mistakes = [], Counter()
                     for item, problem in chunk:
                         letter = rng.choice([x for x in item.options if x != item.answer_idx])
                         missed.append((item, letter))
                         mistakes[wrong_name(problem, int(item.options[letter]))] += 1
                     lines = [f"- The student {name}." for name, _ in mistakes.most_common(self.diagnose.max_diagnoses)]
-                    prompt = diagnosis_prompt(self.tree, node, missed, self.diagnose)
+                    # as in tree.diagnose: a node with enough misses is asked whether they share a sub-topic
+                    ask = len(chunk) >= self.diagnose.min_misses_for_child
+                    if ask and (topic := shared_topic([p for _, p in chunk])):
+                        lines.append(f"Sub-topic: {topic}")
+                    prompt = diagnosis_prompt(self.tree, node, missed, self.diagnose, ask_subtopic=ask)
                     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "\n".join(lines)}]
                     out.append(Example(f"diagnose-{s.key}-{k}", "diagnose", s.key, messages))
         return out

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from data.arithmetic.build import draw_problems
-from data.arithmetic.skills import SKILLS
+from data.arithmetic.skills import NUMBER_WORDS, SKILLS, Problem
 from prompts.extract import extract_answer
 from prompts.parse import CriticVerdict, MCQDraft, parse_completion
 from scratch.build import ScratchConfig, build, is_built
-from scratch.tasks import TASKS, TaskBuilder
+from scratch.tasks import TASKS, TaskBuilder, domain_tree, shared_topic
 from scratch.tokenizer import train_tokenizer
 from tree import AbilityTree
-from tree.diagnose import DiagnoseConfig, parse_diagnoses
+from tree.diagnose import DiagnoseConfig, grow_children, parse_diagnoses, parse_subtopic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,37 @@ def test_replies_are_what_the_loop_parses_and_right_by_the_answer_key(examples):
         else:
             assert "answers multiple-choice questions on arithmetic" in e.messages[0]["content"]
             lines = parse_diagnoses(reply, DiagnoseConfig())
-            assert lines and len(lines) == len(reply.splitlines()), reply  # none dropped as an echo or by shape
+            bullets = [line for line in reply.splitlines() if line.startswith("- ")]
+            assert lines and len(lines) == len(bullets), reply  # none dropped as an echo or by shape
+            assert len(reply.splitlines()) - len(bullets) == (parse_subtopic(reply) is not None)
+
+
+def test_diagnoses_name_the_sub_topic_most_misses_share_and_the_tree_grows_it():
+    times = SKILL["multiplication/times tables 6 to 9"]
+    examples = TaskBuilder(skills=[times], seed=1).examples({"diagnose": 40})
+    named = [(e, parse_subtopic(e.messages[-1]["content"])) for e in examples]
+    named = [(e, name) for e, name in named if name]
+    assert 10 <= len(named) < len(examples)  # every other group of two or more misses shares a table
+    tree = domain_tree()
+    node = tree.resolve("arithmetic/multiplication/times tables 6 to 9")
+    for e, name in named:
+        prompt = e.messages[0]["content"]
+        assert 'add a last line "Sub-topic: "' in prompt  # asked exactly as tree.diagnose asks
+        table = name.split()[1]  # "the seven times table": most shown questions have a factor of seven
+        factor = str(NUMBER_WORDS.index(table))
+        questions = [line for line in prompt.splitlines() if line.startswith("Question ")]
+        assert 2 * sum(f" {factor} " in f" {q.replace('?', ' ')} " for q in questions) > len(questions)
+    added = grow_children(tree, [(node, name) for _, name in named[:1]], {node: 3}, DiagnoseConfig())
+    assert added == [f"{node}/{named[0][1]}"]
+    one_miss = [e for e in examples if e.messages[0]["content"].count("Question ") == 1]
+    assert one_miss and all("Sub-topic" not in e.messages[0]["content"] for e in one_miss)  # one miss: not asked
+    plain = TaskBuilder(skills=[SKILL["addition/one-digit addition"]], seed=1).examples({"diagnose": 20})
+    assert not any(parse_subtopic(e.messages[-1]["content"]) for e in plain)  # a skill without sub-topics names none
+
+
+def test_shared_topic_needs_more_than_half():
+    p = [Problem("q", 1, (), "", t) for t in ("a", "a", "b")]
+    assert shared_topic(p) == "a" and shared_topic(p[1:]) == "" and shared_topic([Problem("q", 1, ())] * 2) == ""
 
 
 def test_critic_examples_are_half_accept_half_reject(examples):

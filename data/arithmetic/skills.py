@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Mo", "Nia", "Omar", "Pia")
+# Sub-topics are named in words: a tree node's name must be mostly letters (``tree.propose.name_problem``).
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 THINGS = ("apples", "books", "coins", "stamps", "marbles", "pencils", "shells", "cards", "beads", "tickets")
 
 
@@ -28,6 +30,7 @@ class Problem:
     answer: int
     mistakes: tuple[tuple[int, str], ...]  # (wrong answer, the mistake that gives it), most typical first
     work: str = ""  # the worked solution, column by column, ending in the answer (see ``scratch.tasks``)
+    topic: str = ""  # the narrower sub-topic it belongs to ("the seven times table"); "" where a skill has none
 
     def mistake_of(self, value: int) -> str:
         """The name of the first mistake that gives ``value`` ("" for a filler or the answer)."""
@@ -304,7 +307,7 @@ def _times_table(lo: int, hi: int) -> Callable[[random.Random], Problem]:
         p = a * b
         mistakes = ((a * (b + 1), "recalls a neighbouring times-table fact"), (a * (b - 1), "recalls a neighbouring times-table fact"),
                     ((a + 1) * b, "recalls a neighbouring times-table fact"), (a + b, "adds instead of multiplying"), *_off(p, 1, -1, 10))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
+        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b), f"the {NUMBER_WORDS[a]} times table")
 
     return draw
 
@@ -329,7 +332,7 @@ def _two_by_one(carry: bool) -> Callable[[random.Random], Problem]:
                    (multiply_every_column_mod_ten(a, b), "drops every carry")) if carry else ()
         mistakes = (*dropped, (a * (b + 1), "multiplies by one more"), (a * (b - 1), "multiplies by one less"),
                     (a + b, "adds instead of multiplying"), *_off(p, 10, -10, 1))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
+        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b), f"multiplying by {NUMBER_WORDS[b]}")
 
     return draw
 
@@ -349,7 +352,7 @@ def _division(q_lo: int, q_hi: int) -> Callable[[random.Random], Problem]:
         a = b * q
         mistakes = (*_off(q, 1, -1), (a - b, "subtracts instead of dividing"), *_off(q, 10),
                     (q * 10 if q < 10 else q - 10, "puts the quotient's digit in the wrong place"), *_off(q, 2))
-        return Problem(_say(rng, _DIV, a=a, b=b), q, mistakes, work_div(a, b))
+        return Problem(_say(rng, _DIV, a=a, b=b), q, mistakes, work_div(a, b), f"dividing by {NUMBER_WORDS[b]}")
 
     return draw
 
@@ -360,7 +363,7 @@ def _remainder(rng: random.Random) -> Problem:
     a = b * q + r
     mistakes = ((q, "gives the quotient instead of the remainder"), (b - r, "counts up to the next multiple instead of down"),
                 *_off(r, 1, -1 if r > 1 else 2), (r + b, "stops one group short"))
-    return Problem(_say(rng, _REM, a=a, b=b), r, mistakes, f"{work_div(a, b)} The remainder is {r}.")
+    return Problem(_say(rng, _REM, a=a, b=b), r, mistakes, f"{work_div(a, b)} The remainder is {r}.", f"dividing by {NUMBER_WORDS[b]}")
 
 
 def _rounding(place: int, digits_n: int) -> Callable[[random.Random], Problem]:
