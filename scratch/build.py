@@ -72,12 +72,12 @@ class ScratchConfig:
     out: str = field(default="", metadata={"help": "Folder of the built models (default: <atkd cache>/models/scratch/<domain>)."})
     force: bool = field(default=False, metadata={"help": "Rebuild models that are already built."})
     vocab_size: int = field(default=1024, metadata={"help": "Tokenizer vocabulary (byte-level BPE, one token per digit)."})
-    teacher_layers: int = field(default=6, metadata={"help": "Teacher decoder layers."})
+    teacher_layers: int = field(default=4, metadata={"help": "Teacher decoder layers."})
     teacher_hidden: int = field(default=256, metadata={"help": "Teacher hidden size."})
-    teacher_steps: int = field(default=2400, metadata={"help": "Teacher optimizer steps."})
-    student_layers: int = field(default=2, metadata={"help": "Student decoder layers."})
+    teacher_steps: int = field(default=2000, metadata={"help": "Teacher optimizer steps."})
+    student_layers: int = field(default=4, metadata={"help": "Student decoder layers."})
     student_hidden: int = field(default=128, metadata={"help": "Student hidden size."})
-    student_steps: int = field(default=300, metadata={"help": "Student optimizer steps."})
+    student_steps: int = field(default=800, metadata={"help": "Student optimizer steps."})
     student_skips: str = field(default=";".join(DEFAULT_STUDENT_SKIPS),
                                metadata={"help": "Skills (operation/skill, separated by ;) the student never sees; empty: none."})
     answer_per_skill: int = field(default=1200, metadata={"help": "Teacher: answer examples per skill."})
@@ -87,7 +87,7 @@ class ScratchConfig:
     student_answer_per_skill: int = field(default=200, metadata={"help": "Student: answer examples per skill it sees."})
     eval_per_skill: int = field(default=0, metadata={"help": "Eval items per skill the built models are scored on (0: the whole eval pool, 12 per skill)."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (linear warm-up over the first twentieth of the steps, then cosine decay)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (linear warm-up over the first twentieth of the steps, then cosine decay)."})
     seed: int = field(default=0, metadata={"help": "Seed of the data, the initialisation and the training order."})
 
     def __post_init__(self) -> None:
