@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
     values = {"teacher": c.teacher, "budget": c.budget, "allocation": c.allocation, "exemplars": c.exemplars, "seed": c.seed}
     if c.exemplar_choice != "random":  # only then: the inputs of runs made before the option stay the same
         values |= {"exemplar_choice": c.exemplar_choice, "encoder": ctx.encoder_spec}
+    values |= _answer_mode(ctx)  # a generate-mode domain's items are written with their worked solution first
     return values, [ctx.run.stage(state["iteration"], "analyze") / "tree.json", *ctx.domain.seed_files]
 
 
@@ -176,6 +178,8 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     embed = ctx.embed if c.exemplar_choice == "embedding" else None
     exemplars = node_exemplars(tree, ctx.seed_items, targets, c.exemplars * 4, c.seed + it, embed=embed)
     synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
+    if ctx.domain.answer_mode == "generate":  # work the answer out before the options are written (scratch.tasks)
+        synth = replace(synth, explanation_first=True, max_new_tokens=synth.max_new_tokens + ctx.domain.answer_max_tokens)
     result = generate_items(ctx.engines.get(c.teacher), alloc, node_briefs(tree, targets), exemplars, synth, iteration=it)
     write_jsonl(out / "candidates.jsonl", result.items)
     write_jsonl(out / "unparsed.jsonl", result.rejected)

@@ -62,6 +62,7 @@ class SynthConfig:
     # asking for an explanation cut valid items from 5/16 to 3/16, the model rambling in it until
     # max_new_tokens. Turn it on for stronger teachers; the parser accepts the field either way.
     explanation: bool = field(default=False, metadata={"help": "Ask for an 'explanation' field in the teacher's JSON."})
+    explanation_first: bool = field(default=False, metadata={"help": "Ask for the explanation before the options (implies --explanation): a worked solution the options are then read from (the loop sets it for a generate-mode domain)."})
     prefill: bool = field(default=True, metadata={"help": "Start the reply with '{\"question\": \"' on engines that do not enforce the JSON schema."})
     domain: str = field(default="", metadata={"help": "Domain name shown in the prompt, e.g. 'clinical medicine'."})
 
@@ -78,6 +79,8 @@ class SynthConfig:
             raise ValueError(f"num_options must be 4 or 5, got {self.num_options}")
         if self.exemplars_per_item < 1:
             raise ValueError(f"exemplars_per_item must be >= 1, got {self.exemplars_per_item}")
+        if self.explanation_first:
+            self.explanation = True
         if self.max_exemplar_chars < 1:
             raise ValueError(f"max_exemplar_chars must be >= 1, got {self.max_exemplar_chars}")
 
@@ -117,12 +120,12 @@ def item_id(iteration: int, node_id: str, slot: int) -> str:
     return f"gen-{iteration}-{node_hash(node_id)}-{slot}"
 
 
-def example_json(item: MCQItem, letters: str, with_explanation: bool = True) -> str:
+def example_json(item: MCQItem, letters: str, with_explanation: bool = True, first: bool = False) -> str:
     """A seed item written in the output format, options cut or kept to ``letters``.
 
     Seed items carry no explanation; the example's explanation names the keyed option so the teacher
     sees a filled-in field. An exemplar whose key falls outside ``letters`` keeps its first options and
-    the key (the key replaces the last kept option).
+    the key (the key replaces the last kept option). ``first``: the explanation right after the question.
     """
     keys = list(item.options)[: len(letters)]
     if item.answer_idx not in keys:
@@ -130,8 +133,9 @@ def example_json(item: MCQItem, letters: str, with_explanation: bool = True) -> 
     texts = [item.options[k] for k in keys]
     answer = letters[keys.index(item.answer_idx)]
     obj: dict[str, Any] = {"question": item.question, "options": dict(zip(letters, texts)), "answer_idx": answer}
-    if with_explanation:
-        obj["explanation"] = getattr(item, "explanation", "") or f"{item.options[item.answer_idx]} is correct."
+    if with_explanation or first:
+        why = getattr(item, "solution", None) or getattr(item, "explanation", "") or f"{item.options[item.answer_idx]} is correct."
+        obj = {"question": item.question, "explanation": why, **obj} if first else {**obj, "explanation": why}
     return json.dumps(obj, ensure_ascii=False, indent=2)
 
 
@@ -192,8 +196,9 @@ def generation_messages(request: Request, config: SynthConfig) -> list[dict[str,
         description=node.description,
         domain=config.domain,
         diagnoses=diagnoses[:2],
-        examples=[example_json(e, config.letters, config.explanation) for e in request.exemplars],
+        examples=[example_json(e, config.letters, config.explanation, config.explanation_first) for e in request.exemplars],
         explanation=config.explanation,
+        explanation_first=config.explanation_first,
         letters=config.letters,
         number=request.slot + 1,
         total=request.total,
@@ -252,7 +257,7 @@ def generate_items(
             # Small teachers' commonest failure is writing options past the last letter until the token
             # budget runs out; stopping at the first extra option frees the batch minutes earlier.
             stop=[f'"{LETTERS[config.num_options]}":'],
-            json_schema=mcq_json_schema(config.letters, config.explanation),
+            json_schema=mcq_json_schema(config.letters, config.explanation, config.explanation_first),
         )
         prompts = [generation_messages(r, config) for r in open_requests]
         logger.info("generate round %d: %d requests in one batch", round_idx + 1, len(prompts))

@@ -158,6 +158,18 @@ def test_example_json_keeps_the_key_when_cutting_options():
     assert list(draft.options) == list("ABCD")
     assert draft.options[draft.answer_idx] == wide.options["H"]
     assert "explanation" not in json.loads(example_json(wide, "ABCD", with_explanation=False))
+    assert list(json.loads(example_json(wide, "ABCD", first=True))) == ["question", "explanation", "options", "answer_idx"]
+    worked = wide.model_copy(update={"solution": "3 + 4 = 7. The answer is 7."})
+    assert json.loads(example_json(worked, "ABCD", first=True))["explanation"] == "3 + 4 = 7. The answer is 7."
+
+
+def test_explanation_first_implies_the_explanation_and_reaches_the_schema():
+    config = SynthConfig(explanation_first=True)
+    assert config.explanation
+    engine = ScriptedEngine(reply=_draft_reply)
+    generate_items(engine, {"root/anatomy": 1}, NODES, EXEMPLARS, config)
+    schema = engine.calls[0][2].json_schema
+    assert list(schema["properties"])[:2] == ["question", "explanation"]
 
 
 def test_exemplar_choice_prefers_short_and_borrows_when_a_node_has_none():

@@ -131,13 +131,24 @@ def test_json_schemas_describe_what_the_parser_accepts():
     assert schema["properties"]["answer_idx"]["enum"] == list("ABCDE")
     assert "explanation" not in mcq_json_schema("ABCD", explanation=False)["properties"]
     assert critic_json_schema()["properties"]["verdict"]["enum"] == ["accept", "reject"]
+    first = mcq_json_schema("ABCD", explanation=False, explanation_first=True)  # the decoder writes properties in order
+    assert list(first["properties"]) == first["required"] == ["question", "explanation", "options", "answer_idx"]
+    assert first["properties"]["explanation"]["minLength"] == 1
+
+
+def test_generate_template_asks_for_the_work_first_when_told():
+    common = dict(topic="addition", description="", domain="arithmetic", diagnoses=[], examples=["{}"], letters="ABCD", number=1, total=2)
+    first = render("generate_mcq", **common, explanation=True, explanation_first=True)
+    assert '"explanation" works the answer out first.' in first and "says why" not in first
+    last = render("generate_mcq", **common, explanation=True, explanation_first=False)
+    assert "works the answer out" not in last and '"explanation" says why' in last
 
 
 def test_templates_render_with_every_variable():
     gen = render(
         "generate_mcq", topic="anatomy", description="Gross anatomy", domain="clinical medicine",
         diagnoses=["confuses nerves"], examples=[json.dumps(GOOD, indent=2)], letters="ABCD",
-        number=2, total=3, explanation=True,
+        number=2, total=3, explanation=True, explanation_first=False,
     )
     assert "anatomy" in gen and "confuses nerves" in gen and "question 2 of 3" in gen
     assert json.loads(gen[gen.index("{") : gen.rindex("}") + 1]) == GOOD  # the filled-in example is valid JSON

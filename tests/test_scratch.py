@@ -71,6 +71,9 @@ def test_replies_are_what_the_loop_parses_and_right_by_the_answer_key(examples):
             assert parsed.ok, reply
             item = parsed.value
             assert len(item.options) == 4 and item.answer_idx in item.options
+            assert list(json.loads(reply)) == ["question", "explanation", "options", "answer_idx"]  # worked out first
+            assert extract_answer(item.explanation, item.options) == item.answer_idx
+            assert '"explanation" works the answer out first.' in e.messages[0]["content"]  # as the loop asks
             assert e.messages[0]["content"].startswith(f"Write a new multiple-choice question about {SKILL[e.skill].path[-1]}")
         elif e.task == "critic":
             parsed = parse_completion(reply, CriticVerdict)
@@ -191,6 +194,9 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     assert generate["requested"] == budget and label["replay"] + label["unsolved"] - label["unsolved_generated"] == 4
     if budget == 0:
         assert generate["parsed"] == 0 and label["generated"] == 0
+    else:  # a generate-mode domain's items are written with the explanation before the options
+        candidates = (it / "C_distill_data" / "candidates.jsonl").read_text().splitlines()
+        assert all(json.loads(line)["explanation"] for line in candidates)
     start = AbilityTree.load(run / "tree" / "initial.json")
     assert start.info("arithmetic/addition/one-digit addition")["description"].startswith("Adding two one-digit numbers")
 
