@@ -184,7 +184,8 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     write_jsonl(out / "candidates.jsonl", result.items)
     write_jsonl(out / "unparsed.jsonl", result.rejected)
     atomic_write_json(out / "report.json", result.report)
-    return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.items), "failed_attempts": len(result.rejected), "nodes": len(targets)}
+    return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.items), "failed_attempts": len(result.rejected), "nodes": len(targets),
+            "explanation_first": synth.explanation_first}
 
 
 # --------------------------------------------------------------------------------------- validate

@@ -195,6 +195,7 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     if budget == 0:
         assert generate["parsed"] == 0 and label["generated"] == 0
     else:  # a generate-mode domain's items are written with the explanation before the options
+        assert generate["explanation_first"] is True
         candidates = (it / "C_distill_data" / "candidates.jsonl").read_text().splitlines()
         assert all(json.loads(line)["explanation"] for line in candidates)
     start = AbilityTree.load(run / "tree" / "initial.json")
