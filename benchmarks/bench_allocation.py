@@ -15,7 +15,9 @@ benchmark continues where it stopped.
 Reported per arm and iteration, as mean ± std over seeds: the student's held-out accuracy on the whole
 eval pool and on the nodes that were weakest at the start (the bottom quartile of leaves by the
 initial student's eval accuracy, the same for every run since every run starts from the same student),
-the acceptance rate of the generated items and the seconds per stage. Then the paired difference of
+the acceptance rate of the generated items, how many accepted items have a right key by the domain's
+own arithmetic (``data.arithmetic.answer_key``: the loop's solver and critic are the teacher itself, so
+its mistakes pass them) and the seconds per stage. Then the paired difference of
 the arms per seed (weakness − uniform, and each against replay) at every iteration, with its 95%
 t-interval, the paired t-test p-value and the exact sign-flip p-value. Rows go to
 benchmarks/results/allocation.csv. Whatever the sign of the difference, it is reported as measured.
@@ -89,7 +91,7 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
     iteration 1..N the generated items' counts and the seconds per stage."""
     first = _replies(run_dir / "iteration_1" / "G_eval" / "before.jsonl")
     out: dict[str, Any] = {"start": first, "acc": [_accuracy(first)], "weak": [], "accepted": [], "candidates": [],
-                           "requested": [], "seconds": defaultdict(list), "new_nodes": 0}
+                           "requested": [], "seconds": defaultdict(list), "new_nodes": 0, "keys": []}
     for i in range(1, iterations + 1):
         after = _replies(run_dir / f"iteration_{i}" / "G_eval" / "after.jsonl")
         out["acc"].append(_accuracy(after))
@@ -105,7 +107,19 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
                 out["accepted"].append(summary.get("accepted", 0))
             if stage == "analyze":
                 out["new_nodes"] += len(summary.get("new_abilities", []) or [])
+        out["keys"].append(key_counts(run_dir / f"iteration_{i}" / "D_validated_data" / "validated.jsonl"))
     return out
+
+
+def key_counts(validated: Path) -> dict[str, int]:
+    """Accepted items whose key is right, wrong, or not readable (``answer_of`` knows no answer)."""
+    from data.arithmetic.answer_key import key_is_right
+
+    counts = {"right": 0, "wrong": 0, "unread": 0}
+    for item in _replies(validated) if validated.is_file() else []:
+        verdict = key_is_right(item["question"], item["options"], item["answer_idx"])
+        counts["unread" if verdict is None else "right" if verdict else "wrong"] += 1
+    return counts
 
 
 def mean_std(values: list[float]) -> str:
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 acc_items = [r["accepted"][i - 1] for r in rs]
                 row["accepted / candidates"] = f"{sum(acc_items)} / {sum(cand)}" + (f" ({100 * sum(acc_items) / sum(cand):.0f}%)" if sum(cand) else "")
                 row["requested"] = sum(r["requested"][i - 1] for r in rs)
+                row["accepted keys right / wrong / unread"] = " / ".join(str(sum(r["keys"][i - 1][k] for r in rs)) for k in ("right", "wrong", "unread"))
                 for stage in STAGES:
                     row[f"{stage}_s"] = round(statistics.mean(r["seconds"][stage][i - 1] for r in rs), 1)
             rows.append(row)
@@ -205,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print("child nodes grown from diagnoses: " + ", ".join(f"{a} {sum(results[(a, s)]['new_nodes'] for s in seeds)}" for a in arms))
     csv_rows = [{"arm": arm, "seed": s, "iteration": i, "eval_acc": results[(arm, s)]["acc"][i], "weakest_acc": results[(arm, s)]["weak"][i],
                  "accepted": results[(arm, s)]["accepted"][i - 1] if i else "", "candidates": results[(arm, s)]["candidates"][i - 1] if i else "",
+                 **({f"keys_{k}": results[(arm, s)]["keys"][i - 1][k] for k in ("right", "wrong", "unread")} if i else {}),
                  "budget": 0 if arm == "replay" else args.budget, "replay": args.replay, "weakest_nodes": len(weakest),
                  **({f"{st}_s": results[(arm, s)]["seconds"][st][i - 1] for st in STAGES} if i else {})}
                 for arm in arms for s in seeds for i in range(args.iterations + 1)]

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         ev = info["eval"]
         print(f"{who}: {info['parameters'] / 1e6:.2f}M parameters, {info['steps']} steps in {info['train_seconds']:.0f} s; "
               f"eval accuracy {100 * ev['accuracy']:.1f}% on {ev['n']} items (spec scratch:{config.domain}/{who}, folder {root / who})")
+        if start := info.get("initialised_from"):
+            print(f"  started from {start['path']} ({start['steps']} steps, {start['eval']['accuracy']:.1%} eval); "
+                  f"{info['total_train_seconds']:.0f} s of training in all")
         worst = sorted(ev["per_node"].items(), key=lambda kv: kv[1]["accuracy"])[:5]
         print("  lowest nodes: " + "; ".join(f"{k.split('/', 1)[1]} {100 * v['accuracy']:.0f}%" for k, v in worst))
     print(json.dumps({who: {"accuracy": i["eval"]["accuracy"], "train_seconds": i["train_seconds"]} for who, i in infos.items()}))

@@ -2,6 +2,7 @@
 
     python -m scratch build                       # arithmetic: tokenizer, teacher, student; ~/.cache/atkd/models/scratch/arithmetic
     python -m scratch build --teacher-steps 3000 --force
+    python -m scratch build --force --teacher-init ~/.cache/atkd/models/scratch/arithmetic/teacher --teacher-steps 500
     python -m agents.loop --domain arithmetic --teacher scratch:arithmetic/teacher --student scratch:arithmetic/student
 
 The teacher (a small Llama trained from random weights) learns every task the loop asks of a teacher,
@@ -9,6 +10,11 @@ in the loop's own prompts (``scratch.tasks``): answering the domain's MCQs, writ
 named skill, judging an item as critic, diagnosing a student's mistakes. The student is smaller and
 is trained only to answer, and only on some of the skills (``--student-skips``), so it starts clearly
 below the teacher on the skipped nodes. Both share one tokenizer (stored top-k logits need that).
+
+``--teacher-init`` starts the teacher from a built teacher (its weights and its tokenizer) instead of
+random weights: after a change of a prompt or of a reply's format, a few hundred steps carry a trained
+teacher over, where a rebuild from random weights takes an hour and a half on a 2-core CPU. Its
+``build_info.json`` records the model it started from and that model's own training.
 
 Each model is written into place atomically with ``build_info.json`` (its settings, training time,
 accuracy per node on the domain's held-out eval pool); a built model is reused unless ``--force``.
@@ -88,7 +94,9 @@ class ScratchConfig:
     eval_per_skill: int = field(default=0, metadata={"help": "Eval items per skill the built models are scored on (0: the whole eval pool, 12 per skill)."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per optimizer step."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (linear warm-up over the first twentieth of the steps, then cosine decay)."})
+    teacher_learning_rate: float = field(default=0.0, metadata={"help": "The teacher's peak learning rate, when it differs (0: --learning-rate); lower suits --teacher-init."})
     seed: int = field(default=0, metadata={"help": "Seed of the data, the initialisation and the training order."})
+    teacher_init: str = field(default="", metadata={"help": "Start the teacher from this built teacher's weights and tokenizer instead of random weights (the student is then trained on that tokenizer too); empty: from random weights."})
 
     def __post_init__(self) -> None:
         if self.domain != "arithmetic":
@@ -96,12 +104,22 @@ class ScratchConfig:
         for name in ("teacher_layers", "teacher_hidden", "teacher_steps", "student_layers", "student_hidden", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.learning_rate <= 0 or self.teacher_learning_rate < 0:
+            raise ValueError("learning_rate must be > 0 and teacher_learning_rate >= 0 (0: learning_rate)")
         if self.teacher_hidden % 32 or self.student_hidden % 32:
             raise ValueError("teacher_hidden and student_hidden must be multiples of 32 (32-wide attention heads)")
         known = {s.key for s in SKILLS}
         unknown = [k for k in self.skipped if k not in known]
         if unknown:
             raise ValueError(f"student_skips: unknown skill(s) {unknown}; known: {', '.join(sorted(known))}")
+        if self.teacher_init:
+            init = Path(self.teacher_init).expanduser()
+            if not is_built(init):
+                raise ValueError(f"teacher_init: {init} is not a built model (it needs {INFO_FILE} and config.json)")
+            shape = json.loads((init / INFO_FILE).read_text())["shape"]
+            if (shape["layers"], shape["hidden"]) != (self.teacher_layers, self.teacher_hidden):
+                raise ValueError(f"teacher_init: {init} is {shape['layers']}x{shape['hidden']}, but teacher_layers x "
+                                 f"teacher_hidden is {self.teacher_layers}x{self.teacher_hidden}")
 
     @property
     def skipped(self) -> list[str]:
@@ -131,9 +149,11 @@ def _tokenize(examples, tokenizer) -> list[dict[str, Any]]:
 
 
 def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: ModelShape, steps: int,
-                       config: ScratchConfig, workdir: Path) -> tuple[Any, float]:
-    """A random-initialised Llama of ``shape`` trained on ``rows`` (CE on the assistant turns) for
-    ``steps`` steps with the project's trainer (``KDTrainer`` with alpha 0: TRL's SFT loss, fused head)."""
+                       config: ScratchConfig, workdir: Path, init: Path | None = None,
+                       learning_rate: float = 0.0) -> tuple[Any, float]:
+    """A random-initialised Llama of ``shape`` (or the built model at ``init``) trained on ``rows`` (CE
+    on the assistant turns) for ``steps`` steps with the project's trainer (``KDTrainer`` with alpha 0:
+    TRL's SFT loss, fused head)."""
     import torch
     from datasets import Dataset
     from transformers import LlamaForCausalLM
@@ -143,10 +163,15 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
 
     torch.manual_seed(config.seed)
     longest = max(len(r["input_ids"]) for r in rows)
-    model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
+    if init is None:
+        model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
+    else:
+        model = LlamaForCausalLM.from_pretrained(init)
+        if model.config.max_position_embeddings < longest:
+            raise ValueError(f"teacher_init: {init} holds {model.config.max_position_embeddings} positions, the examples need {longest}")
     args = distill_config(
         str(workdir / "trainer"), alpha=0.0, max_steps=steps, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01,
+        learning_rate=learning_rate or config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01,
         seed=config.seed, max_length=longest, logging_steps=max(1, steps // 20), dataloader_drop_last=False,
         # Random batches, not group_by_length: batches of one length are batches of one or two skills, and
         # from random weights that halves the pace (4x128, 300 steps on worked answers: loss 1.76 grouped,
@@ -210,8 +235,14 @@ def build(config: ScratchConfig) -> dict[str, Any]:
                                        "critic": config.critic_per_skill, "diagnose": config.diagnose_per_skill})
     student_tasks = TaskBuilder([s for s in SKILLS if s.key not in config.skipped], seed=config.seed + 1, exclude=held_out, root=domain.root)
     student_examples = student_tasks.examples({"answer": config.student_answer_per_skill})
-    # The role names too, so "assistant" is one token and not nine.
-    tokenizer = train_tokenizer([text for e in teacher_examples for m in e.messages for text in (m["role"], m["content"])], config.vocab_size)
+    init = Path(config.teacher_init).expanduser() if config.teacher_init else None
+    if init is not None:  # its embeddings are rows of its tokenizer
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(init)
+        init_info = json.loads((init / INFO_FILE).read_text())
+    else:  # the role names too, so "assistant" is one token and not nine
+        tokenizer = train_tokenizer([text for e in teacher_examples for m in e.messages for text in (m["role"], m["content"])], config.vocab_size)
     infos: dict[str, Any] = {}
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
@@ -220,7 +251,9 @@ def build(config: ScratchConfig) -> dict[str, Any]:
             rows = _tokenize(examples, tokenizer)
             shape = config.shape(who)
             logger.info("training the %s (%s) on %d examples for %d steps", who, shape, len(rows), steps)
-            model, seconds = train_from_scratch(rows, tokenizer, shape, steps, config, Path(work) / who)
+            model, seconds = train_from_scratch(rows, tokenizer, shape, steps, config, Path(work) / who,
+                                                init if who == "teacher" else None,
+                                                config.teacher_learning_rate if who == "teacher" else 0.0)
             staged = Path(work) / f"{who}-model"
             model.save_pretrained(staged, safe_serialization=True)
             tokenizer.save_pretrained(staged)
@@ -229,8 +262,12 @@ def build(config: ScratchConfig) -> dict[str, Any]:
             for r in rows:
                 tasks_count[r["task"]] += 1
             info = {"who": who, "domain": domain.name, "shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()),
-                    "steps": steps, "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
+                    "steps": steps, "learning_rate": (who == "teacher" and config.teacher_learning_rate) or config.learning_rate,
+                    "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
                     "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
+            if who == "teacher" and init is not None:  # what it started from, and that model's own training
+                info["initialised_from"] = {"path": str(init), **{k: init_info[k] for k in ("steps", "train_seconds", "examples", "eval", "initialised_from") if k in init_info}}
+                info["total_train_seconds"] = round(seconds + init_info.get("total_train_seconds", init_info["train_seconds"]), 1)
             (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
             infos[who] = info
             logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from data.arithmetic.build import draw_problems
+from data.arithmetic.build import distractors, draw_problems
 from data.arithmetic.skills import NUMBER_WORDS, SKILLS, Problem
 from prompts.extract import extract_answer
 from prompts.parse import CriticVerdict, MCQDraft, parse_completion
@@ -72,6 +72,10 @@ def test_replies_are_what_the_loop_parses_and_right_by_the_answer_key(examples):
             item = parsed.value
             assert len(item.options) == 4 and item.answer_idx in item.options
             assert list(json.loads(reply)) == ["question", "explanation", "options", "answer_idx"]  # worked out first
+            # the key first, then the distractors most typical first: every option follows from the question
+            _, problem = next(pair for s in SKILLS for pair in draw_problems(s, "task-generate", 2, 3, unique=False)
+                              if pair[0].question == item.question)
+            assert item.answer_idx == "A" and list(item.options.values()) == [str(v) for v in (problem.answer, *distractors(problem))]
             assert extract_answer(item.explanation, item.options) == item.answer_idx
             assert '"explanation" works the answer out first.' in e.messages[0]["content"]  # as the loop asks
             assert e.messages[0]["content"].startswith(f"Write a new multiple-choice question about {SKILL[e.skill].path[-1]}")
@@ -127,16 +131,19 @@ def test_config_refuses_unknown_skills_and_domains():
         ScratchConfig(domain="clinical")
 
 
-def test_cli_bad_option_exits_2(capsys):
+def test_cli_bad_option_exits_2(capsys, tmp_path):
     from scratch.__main__ import main
 
     assert main(["build", "--teacher-hidden", "100"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+    assert main(["build", "--teacher-init", str(tmp_path)]) == 2
+    assert f"teacher_init: {tmp_path} is not a built model" in capsys.readouterr().err
 
 
 TINY = {"teacher_layers": 1, "teacher_hidden": 32, "teacher_steps": 2, "student_layers": 1, "student_hidden": 32,
         "student_steps": 1, "answer_per_skill": 1, "generate_per_skill": 1, "critic_per_skill": 1, "diagnose_per_skill": 1,
         "student_answer_per_skill": 1, "batch_size": 4, "vocab_size": 300, "eval_per_skill": 1}
+TINY_LR = ScratchConfig.learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +184,22 @@ def test_a_tiny_build_is_cached_reused_and_loadable(tiny_cache):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 
+def test_a_teacher_starts_from_a_built_one(tiny_cache, tmp_path):
+    cache, infos = tiny_cache
+    teacher = cache / "models" / "scratch" / "arithmetic" / "teacher"
+    with pytest.raises(ValueError, match="is 1x32, but"):
+        ScratchConfig(**{**TINY, "teacher_hidden": 64}, teacher_init=str(teacher))
+    out = tmp_path / "warm"
+    warm = build(ScratchConfig(**TINY, teacher_init=str(teacher), teacher_learning_rate=1e-3, out=str(out)))
+    start = warm["teacher"]["initialised_from"]
+    assert start["path"] == str(teacher) and start["steps"] == infos["teacher"]["steps"]
+    assert warm["teacher"]["total_train_seconds"] >= warm["teacher"]["train_seconds"]
+    assert (out / "teacher" / "tokenizer.json").read_text() == (teacher / "tokenizer.json").read_text()
+    assert (out / "student" / "tokenizer.json").read_text() == (teacher / "tokenizer.json").read_text()  # shared
+    assert "initialised_from" not in warm["student"]
+    assert (warm["teacher"]["learning_rate"], warm["student"]["learning_rate"]) == (1e-3, TINY_LR)
+
+
 @pytest.mark.parametrize("budget", [4, 0])
 def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, tmp_path, budget):
     """Every stage on the domain's own teacher and student; budget 0 trains on replayed items only."""
@@ -213,3 +236,15 @@ def test_allocation_bench_statistics():
     from scipy import stats
 
     assert p["t_p"] == pytest.approx(stats.ttest_rel([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.6]).pvalue)
+
+
+def test_allocation_bench_counts_accepted_keys_by_the_domains_arithmetic(tmp_path):
+    from benchmarks.bench_allocation import key_counts
+
+    rows = [{"question": "What is 838 plus 248?", "options": {"A": "1086", "B": "1186"}, "answer_idx": "A"},
+            {"question": "What is 64 times 19?", "options": {"A": "1062", "B": "1216"}, "answer_idx": "A"},
+            {"question": "There are 11 rows of 3 coins. How many books are there?", "options": {"A": "33", "B": "14"}, "answer_idx": "A"}]
+    path = tmp_path / "validated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert key_counts(path) == {"right": 1, "wrong": 1, "unread": 1}
+    assert key_counts(tmp_path / "none.jsonl") == {"right": 0, "wrong": 0, "unread": 0}

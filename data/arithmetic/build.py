@@ -41,10 +41,9 @@ class PoolConfig:
     seed: int = field(default=0, metadata={"help": "Seed of every draw."})
 
 
-def options_for(problem: Problem, rng: random.Random, key_letter: str) -> dict[str, str]:
-    """Four distinct non-negative numbers: the answer at ``key_letter``, the three first usable mistakes
-    (then off-by-one / off-by-ten fillers) elsewhere, in a shuffled order. ``problem.mistake_of`` names
-    the mistake behind each wrong option."""
+def distractors(problem: Problem) -> list[int]:
+    """The three wrong options, most typical first: the first usable mistakes (distinct, non-negative,
+    not the answer), then off-by-one / off-by-ten fillers. ``problem.mistake_of`` names each."""
     wrong: list[int] = []
     fillers = (1, 10, 2, 100, 3, 20)
     for m in (*(v for v, _ in problem.mistakes), *(problem.answer + d for d in fillers), *(problem.answer - d for d in fillers)):
@@ -52,6 +51,13 @@ def options_for(problem: Problem, rng: random.Random, key_letter: str) -> dict[s
             wrong.append(m)
         if len(wrong) == 3:
             break
+    return wrong
+
+
+def options_for(problem: Problem, rng: random.Random, key_letter: str) -> dict[str, str]:
+    """Four distinct non-negative numbers: the answer at ``key_letter``, the ``distractors`` elsewhere
+    in a shuffled order."""
+    wrong = distractors(problem)
     rng.shuffle(wrong)
     values = iter(wrong)
     return {letter: str(problem.answer if letter == key_letter else next(values)) for letter in LETTERS}

@@ -197,31 +197,31 @@ def work_div(a: int, b: int) -> str:
 
 # ---------------------------------------------------------------- question wording
 
-_ADD = (
+ADD_FORMS = (
     "What is {a} plus {b}?",
     "Add {a} and {b}. What is the sum?",
     "{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
     "A box holds {a} {things} and another holds {b}. How many {things} are there in all?",
 )
-_SUB = (
+SUB_FORMS = (
     "What is {a} minus {b}?",
     "Subtract {b} from {a}. What is the difference?",
     "{name} has {a} {things} and gives away {b}. How many {things} are left?",
     "There are {a} {things} in a jar. {b} are taken out. How many {things} remain?",
 )
-_MUL = (
+MUL_FORMS = (
     "What is {a} times {b}?",
     "Multiply {a} by {b}. What is the product?",
     "{name} buys {a} bags with {b} {things} in each bag. How many {things} is that?",
     "There are {a} rows of {b} {things}. How many {things} are there?",
 )
-_DIV = (
+DIV_FORMS = (
     "What is {a} divided by {b}?",
     "Divide {a} by {b}. What is the quotient?",
     "{name} shares {a} {things} equally among {b} friends. How many {things} does each friend get?",
     "{a} {things} are packed {b} to a box. How many boxes are filled?",
 )
-_REM = (
+REM_FORMS = (
     "What is the remainder when {a} is divided by {b}?",
     "{name} puts {a} {things} into groups of {b}. How many {things} are left over?",
     "Divide {a} by {b}. What is the remainder?",
@@ -279,7 +279,7 @@ def _addition(n_a: int, n_b: int, carries: int | None, at_least: bool = False) -
         s = a + b
         mistakes = ((add_without_carry(a, b), "drops the carry"), (carry_into_wrong_column(a, b), "adds the carry to the wrong column"),
                     (add_columns_concatenated(a, b), "writes each column's sum side by side"), *_off(s, 10, -10, 1, -1))
-        return Problem(_say(rng, _ADD, a=a, b=b), s, mistakes, work_add(a, b))
+        return Problem(_say(rng, ADD_FORMS, a=a, b=b), s, mistakes, work_add(a, b))
 
     return draw
 
@@ -296,7 +296,7 @@ def _subtraction(n_a: int, n_b: int, borrows: int | None, across_zero: bool = Fa
         mistakes = ((subtract_smaller_from_larger(a, b), "takes the smaller digit from the larger instead of borrowing"),
                     (borrow_not_paid_back(a, b), "borrows but does not reduce the next column"), *_off(d, 10, -10),
                     (a + b, "adds instead of subtracting"), *_off(d, 1, -1))
-        return Problem(_say(rng, _SUB, a=a, b=b), d, mistakes, work_sub(a, b))
+        return Problem(_say(rng, SUB_FORMS, a=a, b=b), d, mistakes, work_sub(a, b))
 
     return draw
 
@@ -307,7 +307,7 @@ def _times_table(lo: int, hi: int) -> Callable[[random.Random], Problem]:
         p = a * b
         mistakes = ((a * (b + 1), "recalls a neighbouring times-table fact"), (a * (b - 1), "recalls a neighbouring times-table fact"),
                     ((a + 1) * b, "recalls a neighbouring times-table fact"), (a + b, "adds instead of multiplying"), *_off(p, 1, -1, 10))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b), f"the {NUMBER_WORDS[a]} times table")
+        return Problem(_say(rng, MUL_FORMS, a=a, b=b), p, mistakes, work_mul(a, b), f"the {NUMBER_WORDS[a]} times table")
 
     return draw
 
@@ -318,7 +318,7 @@ def _by_power_of_ten(rng: random.Random) -> Problem:
     other = 100 if b == 10 else 10
     mistakes = ((a * other, "appends the wrong number of zeros"), (a * b * 10, "appends the wrong number of zeros"),
                 (a + b, "adds instead of multiplying"), (p + b, "adds the factor once too often"), (p - b, "adds the factor once too few"))
-    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
+    return Problem(_say(rng, MUL_FORMS, a=a, b=b), p, mistakes, work_mul(a, b))
 
 
 def _two_by_one(carry: bool) -> Callable[[random.Random], Problem]:
@@ -332,7 +332,7 @@ def _two_by_one(carry: bool) -> Callable[[random.Random], Problem]:
                    (multiply_every_column_mod_ten(a, b), "drops every carry")) if carry else ()
         mistakes = (*dropped, (a * (b + 1), "multiplies by one more"), (a * (b - 1), "multiplies by one less"),
                     (a + b, "adds instead of multiplying"), *_off(p, 10, -10, 1))
-        return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b), f"multiplying by {NUMBER_WORDS[b]}")
+        return Problem(_say(rng, MUL_FORMS, a=a, b=b), p, mistakes, work_mul(a, b), f"multiplying by {NUMBER_WORDS[b]}")
 
     return draw
 
@@ -343,7 +343,7 @@ def _two_by_two(rng: random.Random) -> Problem:
     mistakes = ((multiply_partial_unshifted(a, b), "does not shift the second partial product"),
                 ((a // 10) * (b // 10) * 100 + (a % 10) * (b % 10), "multiplies only tens by tens and ones by ones"),
                 *_off(p, 10, -10, 100, -100))
-    return Problem(_say(rng, _MUL, a=a, b=b), p, mistakes, work_mul(a, b))
+    return Problem(_say(rng, MUL_FORMS, a=a, b=b), p, mistakes, work_mul(a, b))
 
 
 def _division(q_lo: int, q_hi: int) -> Callable[[random.Random], Problem]:
@@ -352,7 +352,7 @@ def _division(q_lo: int, q_hi: int) -> Callable[[random.Random], Problem]:
         a = b * q
         mistakes = (*_off(q, 1, -1), (a - b, "subtracts instead of dividing"), *_off(q, 10),
                     (q * 10 if q < 10 else q - 10, "puts the quotient's digit in the wrong place"), *_off(q, 2))
-        return Problem(_say(rng, _DIV, a=a, b=b), q, mistakes, work_div(a, b), f"dividing by {NUMBER_WORDS[b]}")
+        return Problem(_say(rng, DIV_FORMS, a=a, b=b), q, mistakes, work_div(a, b), f"dividing by {NUMBER_WORDS[b]}")
 
     return draw
 
@@ -363,7 +363,7 @@ def _remainder(rng: random.Random) -> Problem:
     a = b * q + r
     mistakes = ((q, "gives the quotient instead of the remainder"), (b - r, "counts up to the next multiple instead of down"),
                 *_off(r, 1, -1 if r > 1 else 2), (r + b, "stops one group short"))
-    return Problem(_say(rng, _REM, a=a, b=b), r, mistakes, f"{work_div(a, b)} The remainder is {r}.", f"dividing by {NUMBER_WORDS[b]}")
+    return Problem(_say(rng, REM_FORMS, a=a, b=b), r, mistakes, f"{work_div(a, b)} The remainder is {r}.", f"dividing by {NUMBER_WORDS[b]}")
 
 
 def _rounding(place: int, digits_n: int) -> Callable[[random.Random], Problem]:
