@@ -19,8 +19,10 @@ the acceptance rate of the generated items, how many accepted items have a right
 own arithmetic (``data.arithmetic.answer_key``: the loop's solver and critic are the teacher itself, so
 its mistakes pass them) and the seconds per stage. Then the paired difference of
 the arms per seed (weakness − uniform, and each against replay) at every iteration, with its 95%
-t-interval, the paired t-test p-value and the exact sign-flip p-value. Rows go to
-benchmarks/results/allocation.csv. Whatever the sign of the difference, it is reported as measured.
+t-interval, the paired t-test p-value and the exact sign-flip p-value, and the child nodes the
+teacher's diagnoses grew. Rows go to benchmarks/results/allocation.csv, one per run and iteration, with
+the teacher's and the student's own eval accuracy from their ``build_info.json`` (which models ran).
+Whatever the sign of the difference, it is reported as measured.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
     iteration 1..N the generated items' counts and the seconds per stage."""
     first = _replies(run_dir / "iteration_1" / "G_eval" / "before.jsonl")
     out: dict[str, Any] = {"start": first, "acc": [_accuracy(first)], "weak": [], "accepted": [], "candidates": [],
-                           "requested": [], "seconds": defaultdict(list), "new_nodes": 0, "keys": []}
+                           "requested": [], "seconds": defaultdict(list), "new_nodes": [], "keys": []}
     for i in range(1, iterations + 1):
         after = _replies(run_dir / f"iteration_{i}" / "G_eval" / "after.jsonl")
         out["acc"].append(_accuracy(after))
@@ -106,7 +108,7 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
                 out["candidates"].append(summary.get("candidates", 0))
                 out["accepted"].append(summary.get("accepted", 0))
             if stage == "analyze":
-                out["new_nodes"] += len(summary.get("new_abilities", []) or [])
+                out["new_nodes"].append(len(summary.get("new_abilities", []) or []))
         out["keys"].append(key_counts(run_dir / f"iteration_{i}" / "D_validated_data" / "validated.jsonl"))
     return out
 
@@ -167,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     from engines import parse_spec
     from engines.spec import SpecError
 
-    for spec in (args.teacher, args.student):
+    built_acc = {}  # the models' own eval accuracy from their build_info.json, so the rows say which models ran
+    for who, spec in (("teacher", args.teacher), ("student", args.student)):
         try:
-            parse_spec(spec).local_path()
+            info = parse_spec(spec).local_path() / "build_info.json"
         except SpecError as e:
             raise SystemExit(f"error: {e}") from None
+        built_acc[f"{who}_eval_acc"] = json.loads(info.read_text())["eval"]["accuracy"] if info.is_file() else ""
 
     out = Path(args.out)
     runs = {(arm, seed): out / f"{arm}-s{seed}" for arm in arms for seed in seeds}
@@ -217,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "t-test p": f"{p['t_p']:.3f}", "sign-flip p": f"{p['sign_p']:.3f}", "seeds": p["n"]})
     if diff_rows:
         print_table(diff_rows)
-    print("child nodes grown from diagnoses: " + ", ".join(f"{a} {sum(results[(a, s)]['new_nodes'] for s in seeds)}" for a in arms))
+    print("child nodes grown from diagnoses (all seeds and iterations): "
+          + ", ".join(f"{a} {sum(sum(results[(a, s)]['new_nodes']) for s in seeds)}" for a in arms))
     csv_rows = [{"arm": arm, "seed": s, "iteration": i, "eval_acc": results[(arm, s)]["acc"][i], "weakest_acc": results[(arm, s)]["weak"][i],
                  "accepted": results[(arm, s)]["accepted"][i - 1] if i else "", "candidates": results[(arm, s)]["candidates"][i - 1] if i else "",
                  **({f"keys_{k}": results[(arm, s)]["keys"][i - 1][k] for k in ("right", "wrong", "unread")} if i else {}),
+                 "new_nodes": results[(arm, s)]["new_nodes"][i - 1] if i else "", **built_acc,
                  "budget": 0 if arm == "replay" else args.budget, "replay": args.replay, "weakest_nodes": len(weakest),
                  **({f"{st}_s": results[(arm, s)]["seconds"][st][i - 1] for st in STAGES} if i else {})}
                 for arm in arms for s in seeds for i in range(args.iterations + 1)]

@@ -223,6 +223,15 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
         assert all(json.loads(line)["explanation"] for line in candidates)
     start = AbilityTree.load(run / "tree" / "initial.json")
     assert start.info("arithmetic/addition/one-digit addition")["description"].startswith("Adding two one-digit numbers")
+    # bench_allocation reads this run folder as it reads its own runs
+    from benchmarks.bench_allocation import collect
+
+    got = collect(run, 1, None)
+    validate = json.loads((it / "D_validated_data" / ".done.json").read_text())["summary"]
+    assert len(got["acc"]) == 2 and got["acc"][0] == pytest.approx(sum(r["correct"] for r in got["start"]) / 26)
+    assert got["accepted"] == [validate.get("accepted", 0)] and sum(got["keys"][0].values()) == got["accepted"][0]
+    assert got["requested"] == [budget] and len(got["new_nodes"]) == 1
+    assert all(len(v) == 1 and v[0] >= 0 for v in got["seconds"].values())
 
 
 def test_allocation_bench_statistics():
