@@ -15,10 +15,10 @@ benchmark continues where it stopped.
 Reported per arm and iteration, as mean ± std over seeds: the student's held-out accuracy on the whole
 eval pool and on the nodes that were weakest at the start (the bottom quartile of leaves by the
 initial student's eval accuracy, the same for every run since every run starts from the same student),
-the acceptance rate of the generated items, how many accepted items have a right key by the domain's
-own arithmetic (``data.arithmetic.answer_key``: the loop's solver and critic are the teacher itself, so
-its mistakes pass them) and the seconds per stage. Then the paired difference of
-the arms per seed (weakness − uniform, and each against replay) at every iteration, with its 95%
+the acceptance rate of the generated items and what rejected the others, how many accepted items have
+a right key by the domain's own arithmetic (``data.arithmetic.answer_key``: the loop's solver and critic
+are the teacher itself, so its mistakes pass them) and the seconds per stage. Then the paired difference
+of the arms per seed (weakness − uniform, and each against replay) at every iteration, with its 95%
 t-interval, the paired t-test p-value and the exact sign-flip p-value, and the child nodes the
 teacher's diagnoses grew. Rows go to benchmarks/results/allocation.csv, one per run and iteration, with
 the teacher's and the student's own eval accuracy from their ``build_info.json`` (which models ran).
@@ -93,7 +93,7 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
     iteration 1..N the generated items' counts and the seconds per stage."""
     first = _replies(run_dir / "iteration_1" / "G_eval" / "before.jsonl")
     out: dict[str, Any] = {"start": first, "acc": [_accuracy(first)], "weak": [], "accepted": [], "candidates": [],
-                           "requested": [], "seconds": defaultdict(list), "new_nodes": [], "keys": []}
+                           "requested": [], "seconds": defaultdict(list), "new_nodes": [], "keys": [], "rejected": []}
     for i in range(1, iterations + 1):
         after = _replies(run_dir / f"iteration_{i}" / "G_eval" / "after.jsonl")
         out["acc"].append(_accuracy(after))
@@ -109,7 +109,10 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
                 out["accepted"].append(summary.get("accepted", 0))
             if stage == "analyze":
                 out["new_nodes"].append(len(summary.get("new_abilities", []) or []))
-        out["keys"].append(key_counts(run_dir / f"iteration_{i}" / "D_validated_data" / "validated.jsonl"))
+        validated = run_dir / f"iteration_{i}" / "D_validated_data"
+        out["keys"].append(key_counts(validated / "validated.jsonl"))
+        report = validated / "report.json"  # absent where nothing was generated (the replay arm)
+        out["rejected"].append(json.loads(report.read_text()).get("rejected_by_stage", {}) if report.is_file() else {})
     return out
 
 
@@ -203,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                 acc_items = [r["accepted"][i - 1] for r in rs]
                 row["accepted / candidates"] = f"{sum(acc_items)} / {sum(cand)}" + (f" ({100 * sum(acc_items) / sum(cand):.0f}%)" if sum(cand) else "")
                 row["requested"] = sum(r["requested"][i - 1] for r in rs)
+                rejected: dict[str, int] = defaultdict(int)
+                for r in rs:
+                    for reason, n in r["rejected"][i - 1].items():
+                        rejected[reason] += n
+                row["rejected by"] = ", ".join(f"{k} {v}" for k, v in sorted(rejected.items(), key=lambda kv: -kv[1]) if v) or "–"
                 row["accepted keys right / wrong / unread"] = " / ".join(str(sum(r["keys"][i - 1][k] for r in rs)) for k in ("right", "wrong", "unread"))
                 for stage in STAGES:
                     row[f"{stage}_s"] = round(statistics.mean(r["seconds"][stage][i - 1] for r in rs), 1)
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     csv_rows = [{"arm": arm, "seed": s, "iteration": i, "eval_acc": results[(arm, s)]["acc"][i], "weakest_acc": results[(arm, s)]["weak"][i],
                  "accepted": results[(arm, s)]["accepted"][i - 1] if i else "", "candidates": results[(arm, s)]["candidates"][i - 1] if i else "",
                  **({f"keys_{k}": results[(arm, s)]["keys"][i - 1][k] for k in ("right", "wrong", "unread")} if i else {}),
+                 **({f"rejected_{k}": v for k, v in results[(arm, s)]["rejected"][i - 1].items()} if i else {}),
                  "new_nodes": results[(arm, s)]["new_nodes"][i - 1] if i else "", **built_acc,
                  "budget": 0 if arm == "replay" else args.budget, "replay": args.replay, "weakest_nodes": len(weakest),
                  **({f"{st}_s": results[(arm, s)]["seconds"][st][i - 1] for st in STAGES} if i else {})}
