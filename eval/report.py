@@ -5,7 +5,8 @@ Everything is read from the run directory (docs/run_dir.md), never from the loop
 a running or a killed run. What it shows:
 
 - per iteration: probe and eval accuracy with 95% intervals, the change and its p-values, data made
-  and kept, seconds per stage, eval throughput;
+  and kept, seconds per stage, eval throughput; the ability tree's size, weakest nodes and the child
+  nodes grown from the teacher's diagnoses;
 - over the whole run (the student before iteration 1 against the newest one, on the same eval items):
   accuracy per source and per ability-tree node, before and after, with intervals and the chance level;
 - figures: eval accuracy by iteration (with intervals and chance), per-node before/after, acceptance of
@@ -354,6 +355,23 @@ def data_table(run: RunResults) -> Table:
     return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason"], rows)
 
 
+def tree_table(run: RunResults) -> Table | None:
+    """Per iteration, the ability tree the analyze stage built from the probe replies: its size, the nodes
+    the teacher diagnosed, the weakest nodes by probe accuracy and the child nodes its diagnoses grew."""
+    rows = []
+    for it in run.iterations:
+        a = it.summary("analyze")
+        if not a:
+            continue
+        weakest = "; ".join(f"{w['node'].rsplit('/', 1)[-1]} {fmt_pct(w.get('accuracy'), 0)}" for w in (a.get("weakest") or [])[:3])
+        grown = "; ".join(f"{n.rsplit('/', 1)[-1]} (under {n.rsplit('/', 2)[-2]})" if n.count("/") >= 1 else n
+                          for n in a.get("new_abilities") or [])
+        rows.append([str(it.number), str(a.get("nodes", "–")), str(a.get("diagnosed_nodes", "–")), weakest or "–", grown or "–"])
+    if not rows:
+        return None
+    return Table(["iter", "nodes", "diagnosed", "weakest at the probe", "child nodes grown (under)"], rows)
+
+
 def time_table(run: RunResults) -> Table:
     rows = [[str(it.number), *(f"{it.stages[s]['seconds']:.1f}" if s in it.stages else "–" for s in STAGE_DIRS)]
             for it in run.iterations]
@@ -418,6 +436,12 @@ def report_blocks(run: RunResults, config: MetricsConfig = MetricsConfig(), max_
             if (png := nodes_figure(paired, max_depth=max_depth)) is not None:
                 blocks.append(("figure", Figure("nodes_before_after.png", png,
                                                 "Accuracy per node at the start (grey) and now (blue), 95% intervals; red tick: chance.")))
+    if (tree := tree_table(run)) is not None:
+        blocks += [("h2", "Ability tree"),
+                   ("p", ("Built at the start of each iteration from the student's probe replies; the teacher diagnoses the "
+                          "nodes the student misses, and a diagnosis that names a narrower skill grows a child node. "
+                          "The tree of iteration N, as a picture: `iteration_N/B_student_tree/tree.html`.")),
+                   ("table", tree)]
     if (png := acceptance_figure(run)) is not None:
         blocks += [("h2", "Generated data"), ("table", data_table(run)),
                    ("figure", Figure("acceptance.png", png, "Items the teacher was asked for: accepted, and rejected at each gate."))]

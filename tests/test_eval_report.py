@@ -60,7 +60,9 @@ def make_run_dir(root: Path, iterations: int = 2) -> Path:
         after = assign_nodes(_replies(items, 0.25 + 0.1 * it, seed=it), items, tree)
         summaries = {
             "infer": {"n": 96, "correct": 20 + 5 * it, "accuracy": (20 + 5 * it) / 96, "items_per_s": 20.0},
-            "analyze": {"nodes": 5},
+            "analyze": {"nodes": 5 + it, "diagnosed_nodes": 2,
+                        "weakest": [{"node": "clinical/pharmacology", "accuracy": 0.125}, {"node": "clinical/anatomy", "accuracy": 0.25}],
+                        "new_abilities": [f"clinical/pharmacology/drug interactions {it}"]},
             "generate": {"requested": 32, "candidates": 32, "parsed": 20 + it, "failed_attempts": 3, "nodes": 4},
             "validate": {"candidates": 20 + it, "accepted": 3 + it, "rejected": 29 - it,
                          "rejected_by_stage": {"parse": 12 - it, "schema": 2, "near_duplicate": 10, "solver": 5}},
@@ -107,7 +109,8 @@ def test_report_renders_from_a_run_dir(tmp_path):
     for name in plots:
         assert f"(plots/{name})" in md
     # The iteration table, the chance level beside the figures, the paired test of the whole run.
-    assert md.count("\n| 1 |") == 3 and md.count("\n| 2 |") == 3  # iterations, generated data and time tables
+    assert md.count("\n| 1 |") == 4 and md.count("\n| 2 |") == 4  # iterations, ability tree, generated data and time tables
+    assert "| 2 | 7 | 2 | pharmacology 12%; anatomy 25% | drug interactions 2 (under pharmacology) |" in md  # the tree filling in
     assert "chance level" in md and "McNemar" in md and "| pubmedqa | 30 | 33.3% |" in md
     assert "anatomy" in md and "pharmacology" in md
     assert "iterations finished: 2 of 2" in md
@@ -124,7 +127,7 @@ def test_report_figures_follow_the_data(tmp_path):
     blocks = report_blocks(load_run(tmp_path / "run"), MetricsConfig(resamples=500))
     assert [v.name for k, v in blocks if k == "figure"] == ["stage_time.png"]
     assert "iterations finished: 0 of 1" in to_markdown(blocks)
-    assert to_html(blocks).count("<table>") == 2
+    assert to_html(blocks).count("<table>") == 3  # iterations, ability tree (analyze has run), time
 
 
 def test_report_errors_name_the_file(tmp_path, capsys):
