@@ -107,12 +107,10 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
             if stage == "validate":
                 out["candidates"].append(summary.get("candidates", 0))
                 out["accepted"].append(summary.get("accepted", 0))
+                out["rejected"].append(summary.get("rejected_by_stage", {}))  # unparsed drafts included
             if stage == "analyze":
                 out["new_nodes"].append(len(summary.get("new_abilities", []) or []))
-        validated = run_dir / f"iteration_{i}" / "D_validated_data"
-        out["keys"].append(key_counts(validated / "validated.jsonl"))
-        report = validated / "report.json"  # absent where nothing was generated (the replay arm)
-        out["rejected"].append(json.loads(report.read_text()).get("rejected_by_stage", {}) if report.is_file() else {})
+        out["keys"].append(key_counts(run_dir / f"iteration_{i}" / "D_validated_data" / "validated.jsonl"))
     return out
 
 

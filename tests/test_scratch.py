@@ -231,7 +231,7 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     assert len(got["acc"]) == 2 and got["acc"][0] == pytest.approx(sum(r["correct"] for r in got["start"]) / 26)
     assert got["accepted"] == [validate.get("accepted", 0)] and sum(got["keys"][0].values()) == got["accepted"][0]
     assert got["requested"] == [budget] and len(got["new_nodes"]) == 1
-    assert sum(got["rejected"][0].values()) == got["candidates"][0] - got["accepted"][0]  # every candidate accounted for
+    assert sum(got["rejected"][0].values()) == budget - got["accepted"][0]  # every requested item accounted for
     assert all(len(v) == 1 and v[0] >= 0 for v in got["seconds"].values())
 
 
