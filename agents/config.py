@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import yaml
 
 from data.records import DataError
+from data.verification import NO_VERIFIER
+from synth.verify import ON_UNKNOWN, ON_WRONG
 
 ENGINES = ("auto", "transformers", "vllm")
 
@@ -51,7 +53,13 @@ class LoopConfig:
     encoder: str = field(default="", metadata={"help": "Sentence encoder of --near-dup-metric embedding and --exemplar-choice embedding: minilm, st:<folder> or a folder. Default: the run's distilled encoder (<run-dir>/encoder/student, from python -m training.embedding distill --out <run-dir>/encoder) when it exists, else minilm."})
     acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
     solver_samples: int = field(default=1, metadata={"help": "Times each solver model answers an item, the options in another order each time (one vote each)."})
-    solver_min_votes: int = field(default=0, metadata={"help": "Solver votes for the key an item needs (k of n = solver samples x solver models); 0 = all of them."})
+    solver_min_votes: int = field(default=0, metadata={"help": "Solver votes for the key an item needs (k of n = solver samples x solver models); 0 = all of them, unless --solver-min-share is set."})
+    solver_min_share: float = field(default=0.0, metadata={"help": "Share of the solver votes the key needs, in (0, 1], when --solver-min-votes is 0 (e.g. 0.5 with --solver-samples 5: 3 of 5), and more votes than any other answer; 0 = not used."})
+    solver_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the solver's votes: 0 = greedy; > 0 with --solver-samples k = self-consistency (k sampled replies, majority vote)."})
+    critic_sees_explanation: bool = field(default=False, metadata={"help": "Show the critic the generator's explanation (it argues for the key it was written with, so a wrong key comes with its own case)."})
+    verifier: str = field(default="", metadata={"help": "The verifier of generated keys and of the teacher's worked solutions: module:function or file.py:function (a function (item, solution=None) -> data.verification.Verification), or none. Default: the domain's (domain.yaml verifier:), else none."})
+    verifier_on_wrong: str = field(default="rekey", metadata={"help": "A key the verifier finds wrong: rekey (to the option stating the right answer, where one does; else reject) or reject."})
+    verifier_unknown: str = field(default="keep", metadata={"help": "An item the verifier cannot judge: keep (the agents decide) or reject."})
     replay: int = field(default=32, metadata={"help": "Seed-pool items (weakest nodes first, never probe or eval items) mixed into each training set."})
     top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
     alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE."})
@@ -80,6 +88,10 @@ class LoopConfig:
             (self.exemplars >= 1, "exemplars must be >= 1"),
             (1 <= self.solver_samples <= 26, "solver_samples must be in [1, 26]"),
             (0 <= self.solver_min_votes <= self.solver_samples * len(self.solver_specs), "solver_min_votes must be in [0, solver_samples x number of solver models]"),
+            (0.0 <= self.solver_min_share <= 1.0, "solver_min_share must be in [0, 1]"),
+            (self.solver_temperature >= 0, "solver_temperature must be >= 0"),
+            (self.verifier_on_wrong in ON_WRONG, f"verifier_on_wrong must be one of {', '.join(ON_WRONG)}"),
+            (self.verifier_unknown in ON_UNKNOWN, f"verifier_unknown must be one of {', '.join(ON_UNKNOWN)}"),
             (all(self.solver_specs), "solver lists an empty model spec"),
             (self.replay >= 0, "replay must be >= 0"),
             (self.top_k >= 1, "top_k must be >= 1"),
@@ -137,6 +149,12 @@ class LoopConfig:
     @property
     def critic_spec(self) -> str:
         return self.critic or self.teacher
+
+    def verifier_spec(self, domain_verifier: str) -> str:
+        """The verifier in force: --verifier, else the domain's; "" for none (--verifier none)."""
+        if self.verifier == NO_VERIFIER:
+            return ""
+        return self.verifier or domain_verifier
 
     def default_run_dir(self) -> Path:
         slug = "-".join(s.replace(":", "_").replace("/", "_").replace("?", "_").replace("=", "") for s in (self.domain, self.teacher, self.student))

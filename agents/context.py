@@ -75,6 +75,18 @@ class LoopContext:
         logger.info("sentence encoder: %s", self.encoder_spec)
         return encoder_embed(self.encoder_spec)
 
+    @property
+    def verifier_spec(self) -> str:
+        """The verifier in force (--verifier, else the domain's; "" for none)."""
+        return self.config.verifier_spec(self.domain.verifier)
+
+    @cached_property
+    def verifier(self):
+        """The verifier function, or None (checked by the pre-flight; loaded once)."""
+        from data.verification import load_verifier
+
+        return load_verifier(self.verifier_spec) if self.verifier_spec else None
+
     @cached_property
     def items_by_id(self) -> dict[str, MCQItem]:
         return {it.id: it for it in (*self.seed_items, *self.eval_items)}

@@ -9,6 +9,7 @@ the tree parse, the run directory can be created. A failure is one line naming t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,14 @@ import yaml
 
 from agents.config import LoopConfig
 from data.domains import Domain
+from data.records import DataError
 from data.run_layout import STAGE_DIRS
+from data.verification import NO_VERIFIER, load_verifier
 from engines.check import SpecCheck, check_spec
 from engines.spec import SpecError, parse_spec
+
+
+logger = logging.getLogger(__name__)
 
 
 class PreflightError(Exception):
@@ -37,6 +43,8 @@ class Plan:
     stages: list[str] = field(default_factory=list)
     budgets: dict[str, object] = field(default_factory=dict)
     training: str = ""
+    judges: str = ""  # what judges the generated keys
+    warnings: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         width = max((len(option) for option, _ in self.models), default=0)
@@ -47,6 +55,8 @@ class Plan:
         lines += ["data:", *(f"  {d}" for d in self.data), f"devices: {self.devices}", f"training: {self.training}",
                   "stages per iteration: " + " → ".join(self.stages)]
         lines.append("budgets: " + ", ".join(f"{k} {v}" for k, v in self.budgets.items()))
+        lines.append(f"keys judged by: {self.judges}")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -68,6 +78,27 @@ def _check_encoder(spec: str) -> SpecCheck:
     if kind not in ("minilm", "st"):
         raise PreflightError(f"--encoder: {spec!r} is not a sentence encoder; give minilm, st:<folder> or a sentence-transformers folder")
     return _check("--encoder", spec, "auto", generates=False)
+
+
+def describe_judges(config: LoopConfig, verifier: str) -> tuple[str, str]:
+    """``(who judges generated keys, a warning or "")``: the warning when the generator is its own only
+    judge, so that its wrong keys pass (measured on arithmetic: 15 of 24 readable accepted keys wrong)."""
+    parts = [f"verifier {verifier}"] if verifier else []
+    judges: set[str] = set()
+    if config.acceptance != "critic":
+        sampled = f", {config.solver_samples} sampled at {config.solver_temperature:g}" if config.solver_temperature else \
+                  (f", {config.solver_samples} orders" if config.solver_samples > 1 else "")
+        parts.append(f"solver {', '.join(config.solver_specs)}{sampled}")
+        judges.update(config.solver_specs)
+    if config.acceptance != "solver":
+        parts.append(f"critic {config.critic_spec}" + (" (shown the explanation)" if config.critic_sees_explanation else ""))
+        judges.add(config.critic_spec)
+    warning = ""
+    if not verifier and judges == {config.teacher}:
+        warning = (f"the teacher {config.teacher} writes the items and is their only judge (solver and critic), so a key it gets "
+                   "wrong passes validation; give --solver a model of another family (with --solver-samples K "
+                   "--solver-temperature T for a majority vote), or a --verifier where the domain's truth can be computed")
+    return "; ".join(parts), warning
 
 
 def _check_writable(root: Path) -> None:
@@ -164,6 +195,15 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
     for spec in config.kv_teacher_specs:
         if add("--kv-teachers", spec, generates=False).backend == "openai":
             raise PreflightError(f"--kv-teachers {spec}: KV-cache teachers run inside the trainer; give local models")
+    if config.verifier and config.verifier != NO_VERIFIER:
+        try:
+            load_verifier(config.verifier, "--verifier")
+        except DataError as e:
+            raise PreflightError(str(e)) from None
+    plan.judges, warning = describe_judges(config, config.verifier_spec(domain.verifier))
+    if warning and config.budget:
+        plan.warnings.append(warning)
+        logger.warning(warning)
     if config.encoder and "embedding" in (config.near_dup_metric, config.exemplar_choice):
         plan.models.append(("--encoder", _check_encoder(config.encoder)))
 

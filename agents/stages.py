@@ -195,9 +195,23 @@ def validate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
     c = ctx.config
     values = {"solver": c.solver_specs, "critic": c.critic_spec, "acceptance": c.acceptance, "seed": c.seed,
               "solver_samples": c.solver_samples, "solver_min_votes": c.solver_min_votes}
+    # Only where they are not the defaults, so that runs made before these options keep their fingerprints.
+    if c.solver_min_share or c.solver_temperature:
+        values |= {"solver_min_share": c.solver_min_share, "solver_temperature": c.solver_temperature}
+    values |= _critic_and_verifier(ctx)
     if c.near_dup_metric != "rouge_l":
         values |= {"near_dup_metric": c.near_dup_metric, "encoder": ctx.encoder_spec if c.near_dup_metric == "embedding" else ""}
     return values, [ctx.run.stage(state["iteration"], "generate") / "candidates.jsonl", *ctx.domain.seed_files, *ctx.domain.eval_files]
+
+
+def _critic_and_verifier(ctx: LoopContext) -> dict[str, Any]:
+    """The critic-explanation and verifier settings, for fingerprints (runs made before these options
+    showed the critic the explanation and had no verifier: their stored validation is not reused)."""
+    c = ctx.config
+    values: dict[str, Any] = {"critic_sees_explanation": c.critic_sees_explanation} if c.acceptance != "solver" else {}
+    if ctx.verifier_spec:
+        values |= {"verifier": ctx.verifier_spec, "verifier_on_wrong": c.verifier_on_wrong, "verifier_unknown": c.verifier_unknown}
+    return values
 
 
 def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
@@ -219,11 +233,18 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
             domain=ctx.domain.root,
             solver_samples=c.solver_samples,
             solver_min_votes=c.solver_min_votes,
+            solver_min_share=c.solver_min_share,
+            solver_temperature=c.solver_temperature,
+            critic_sees_explanation=c.critic_sees_explanation,
+            verifier_on_wrong=c.verifier_on_wrong,
+            verifier_unknown=c.verifier_unknown,
             solver_mode=ctx.domain.answer_mode,
             solver_max_tokens=ctx.domain.answer_max_tokens,
             near_dup_metric=c.near_dup_metric,
         ),
         embed=ctx.embed if c.near_dup_metric == "embedding" else None,
+        verifier=ctx.verifier,
+        verifier_name=ctx.verifier_spec,
     )
     # Requests whose every generation attempt failed to parse are rejected items too (last attempt kept).
     unparsed = unparsed_requests(read_jsonl(gen / "unparsed.jsonl"), candidates)
@@ -238,6 +259,7 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         "accepted": len(result.accepted),
         "rejected": len(rejected),
         "rejected_by_stage": {"parse": len(unparsed), **result.report.get("rejected_by_stage", {})},
+        "verifier": result.report["verifier"],  # its verdicts and what followed; None: no verifier (the report says so)
     }
 
 
@@ -264,6 +286,8 @@ def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     it = state["iteration"]
     paths = [ctx.run.stage(it, "validate") / "validated.jsonl", ctx.run.stage(it, "analyze") / "tree.json", *ctx.domain.seed_files]
     values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed, **_answer_mode(ctx)}
+    if ctx.verifier_spec and ctx.domain.answer_mode == "generate":  # it checks the worked solutions
+        values["verifier"] = ctx.verifier_spec
     if c.label_teacher:  # only then: runs made before the option keep their fingerprints
         values["label_teacher"] = c.label_teacher
     return values, paths
@@ -280,11 +304,20 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     if items and ctx.domain.answer_mode == "generate":  # the teacher's worked solutions are the replies to learn
         from synth.solutions import attach_solutions
 
-        n_generated = len(accepted)
         items, unsolved = attach_solutions(ctx.engines.get(c.label_spec), items, ctx.domain.answer_max_tokens)
+        refused: list = []
+        if ctx.verifier is not None:  # a solution that reaches the key by a wrong step would teach that step
+            from synth.verify import check_solutions
+
+            items, refused = check_solutions(ctx.verifier, items)
+            write_jsonl(out / "refused_solutions.jsonl",
+                        [{"id": it.id, "solution": it.solution, **v.as_dict()} for it, v in refused])
+        generated_ids = {it.id for it in accepted}
         kept = {it.id for it in items}
         accepted, replay = [it for it in accepted if it.id in kept], [it for it in replay if it.id in kept]
-        solved = {"unsolved": len(unsolved), "unsolved_generated": n_generated - len(accepted)}
+        solved = {"unsolved": len(unsolved), "unsolved_generated": sum(it.id in generated_ids for it in unsolved)}
+        if ctx.verifier is not None:
+            solved |= {"refused_by_verifier": len(refused), "refused_generated": sum(it.id in generated_ids for it, _ in refused)}
     write_jsonl(out / "items.jsonl", items)
     if not items:
         return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None, **solved}

@@ -34,6 +34,9 @@ class Domain:
     # replies that reach the key become the items' worked solutions, what the student is trained on).
     answer_mode: str = "logprob"
     answer_max_tokens: int = 32
+    # The domain's verifier (data.verification), as module:function or file.py:function ("": none): it
+    # judges generated keys in the validate stage and the teacher's worked solutions in the label stage.
+    verifier: str = ""
 
     def seed_items(self) -> list[MCQItem]:
         return read_items(self.seed_files)
@@ -72,7 +75,7 @@ def get_domain(name_or_path: str) -> Domain:
     for key in ("name", "root", "seed_files", "eval_files"):
         if key not in raw:
             raise DataError(f"{path}: missing field {key!r}")
-    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens"}
+    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens", "verifier"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
 
@@ -97,6 +100,16 @@ def get_domain(name_or_path: str) -> Domain:
     answer_max_tokens = raw.get("answer_max_tokens", 32)
     if not isinstance(answer_max_tokens, int) or isinstance(answer_max_tokens, bool) or answer_max_tokens < 1:
         raise DataError(f"{path}: field 'answer_max_tokens' must be a whole number >= 1, not {answer_max_tokens!r}")
+    verifier = raw.get("verifier") or ""
+    if not isinstance(verifier, str):
+        raise DataError(f"{path}: field 'verifier' must be module:function or file.py:function, not {verifier!r}")
+    if verifier:
+        from data.verification import load_verifier
+
+        module, sep, func = verifier.rpartition(":")  # a file is relative to the yaml, like the data files
+        if sep and module.endswith(".py") and not Path(module).is_absolute():
+            verifier = f"{(path.parent / module).resolve()}:{func}"
+        load_verifier(verifier, f"{path}: field 'verifier'")  # DataError naming the file and field
     return Domain(
         name=str(raw["name"]),
         root=str(raw["root"]),
@@ -106,4 +119,5 @@ def get_domain(name_or_path: str) -> Domain:
         descriptions={k: v.strip() for k, v in described.items()},
         answer_mode=answer_mode,
         answer_max_tokens=answer_max_tokens,
+        verifier=verifier,
     )

@@ -19,5 +19,6 @@ STAGE_DIRS = {
 # Written into a stage folder after all of its outputs: {"fingerprint": ..., "summary": {..., "seconds": ...}}.
 MARKER = ".done.json"
 # The ``stage`` of a record in rejected.jsonl: where a generated item can be lost, in pipeline order
-# (parse: every generation attempt for the request failed; the rest are the validation gates).
-REJECTION_STAGES = ("parse", "schema", "duplicate", "near_duplicate", "contamination", "solver", "critic")
+# (parse: every generation attempt for the request failed; the rest are the validation gates;
+# verifier: the domain's verifier found the key wrong, data.verification).
+REJECTION_STAGES = ("parse", "schema", "duplicate", "near_duplicate", "contamination", "verifier", "solver", "critic")

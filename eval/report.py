@@ -40,7 +40,7 @@ from eval.metrics import MetricsConfig, accuracy_interval, outcomes, paired_outc
 logger = logging.getLogger(__name__)
 
 REASON_COLOURS = (  # one per data.run_layout.REJECTION_STAGES entry
-    "0.6", "tab:brown", "tab:pink", "tab:olive", "tab:purple", "tab:orange", "tab:red")
+    "0.6", "tab:brown", "tab:pink", "tab:olive", "tab:purple", "tab:cyan", "tab:orange", "tab:red")
 
 
 class ReportError(DataError):
@@ -351,8 +351,21 @@ def data_table(run: RunResults) -> Table:
         by_reason = val.get("rejected_by_stage", {})
         rows.append([str(it.number), str(asked if asked is not None else "–"), str(gen.get("parsed", "–")), str(accepted),
                      fmt_pct(accepted / asked, 0) if asked else "–",
-                     ", ".join(f"{r} {by_reason[r]}" for r in REJECTION_STAGES if by_reason.get(r)) or "–"])
-    return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason"], rows)
+                     ", ".join(f"{r} {by_reason[r]}" for r in REJECTION_STAGES if by_reason.get(r)) or "–",
+                     key_check(val)])
+    return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason", "keys checked by"], rows)
+
+
+def key_check(validate_summary: dict) -> str:
+    """What judged the keys besides the agents: the domain's verifier and its verdicts, or that none did
+    (runs made before verifiers existed have no entry: "–")."""
+    if "verifier" not in validate_summary:
+        return "–"
+    v = validate_summary["verifier"]
+    if not v:
+        return "no verifier (the agents alone)"
+    return (f"{v['name']}: {v['right']} right, {v['wrong']} wrong ({v['rekeyed']} re-keyed, "
+            f"{v['rejected']} rejected), {v['unknown']} unknown")
 
 
 def tree_table(run: RunResults) -> Table | None:

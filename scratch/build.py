@@ -3,6 +3,7 @@
     python -m scratch build                       # arithmetic: tokenizer, teacher, student; ~/.cache/atkd/models/scratch/arithmetic
     python -m scratch build --teacher-steps 3000 --force
     python -m scratch build --force --teacher-init ~/.cache/atkd/models/scratch/arithmetic/teacher --teacher-steps 500
+    python -m scratch build --solver              # also an independent blind solver: scratch:arithmetic/solver
     python -m agents.loop --domain arithmetic --teacher scratch:arithmetic/teacher --student scratch:arithmetic/student
 
 The teacher (a small Llama trained from random weights) learns every task the loop asks of a teacher,
@@ -10,6 +11,10 @@ in the loop's own prompts (``scratch.tasks``): answering the domain's MCQs, writ
 named skill, judging an item as critic, diagnosing a student's mistakes. The student is smaller and
 is trained only to answer, and only on some of the skills (``--student-skips``), so it starts clearly
 below the teacher on the skipped nodes. Both share one tokenizer (stored top-k logits need that).
+
+``--solver`` also builds a blind solver trained independently of the teacher (its own seed, shape and
+draws of the answer task only, on the teacher's tokenizer), so that validation can ask a model other than
+the generator whether a generated key is right: a teacher that judges its own items passes its mistakes.
 
 ``--teacher-init`` starts the teacher from a built teacher (its weights and its tokenizer) instead of
 random weights: after a change of a prompt or of a reply's format, a few hundred steps carry a trained
@@ -97,17 +102,26 @@ class ScratchConfig:
     teacher_learning_rate: float = field(default=0.0, metadata={"help": "The teacher's peak learning rate, when it differs (0: --learning-rate); lower suits --teacher-init."})
     seed: int = field(default=0, metadata={"help": "Seed of the data, the initialisation and the training order."})
     teacher_init: str = field(default="", metadata={"help": "Start the teacher from this built teacher's weights and tokenizer instead of random weights (the student is then trained on that tokenizer too); empty: from random weights."})
+    solver: bool = field(default=False, metadata={"help": "Also build an independent blind solver (scratch:<domain>/solver): answer task only, its own seed and shape, the teacher's tokenizer."})
+    solver_layers: int = field(default=4, metadata={"help": "Solver decoder layers."})
+    solver_hidden: int = field(default=192, metadata={"help": "Solver hidden size (a shape other than the teacher's)."})
+    solver_steps: int = field(default=1500, metadata={"help": "Solver optimizer steps."})
+    solver_answer_per_skill: int = field(default=1200, metadata={"help": "Solver: answer examples per skill."})
+    solver_seed: int = field(default=1, metadata={"help": "Seed of the solver's data, initialisation and training order (another than --seed)."})
 
     def __post_init__(self) -> None:
         if self.domain != "arithmetic":
             raise ValueError(f"domain: only 'arithmetic' has a model builder, not {self.domain!r}")
-        for name in ("teacher_layers", "teacher_hidden", "teacher_steps", "student_layers", "student_hidden", "batch_size"):
+        for name in ("teacher_layers", "teacher_hidden", "teacher_steps", "student_layers", "student_hidden", "batch_size",
+                     "solver_layers", "solver_hidden", "solver_steps", "solver_answer_per_skill"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.learning_rate <= 0 or self.teacher_learning_rate < 0:
             raise ValueError("learning_rate must be > 0 and teacher_learning_rate >= 0 (0: learning_rate)")
-        if self.teacher_hidden % 32 or self.student_hidden % 32:
-            raise ValueError("teacher_hidden and student_hidden must be multiples of 32 (32-wide attention heads)")
+        if self.teacher_hidden % 32 or self.student_hidden % 32 or self.solver_hidden % 32:
+            raise ValueError("teacher_hidden, student_hidden and solver_hidden must be multiples of 32 (32-wide attention heads)")
+        if self.solver and self.solver_seed == self.seed:
+            raise ValueError(f"solver_seed must differ from seed ({self.seed}): the solver is to be trained independently of the teacher")
         known = {s.key for s in SKILLS}
         unknown = [k for k in self.skipped if k not in known]
         if unknown:
@@ -126,7 +140,8 @@ class ScratchConfig:
         return [k.strip() for k in self.student_skips.split(";") if k.strip()]
 
     def shape(self, who: str) -> ModelShape:
-        hidden, layers = (self.teacher_hidden, self.teacher_layers) if who == "teacher" else (self.student_hidden, self.student_layers)
+        hidden, layers = {"teacher": (self.teacher_hidden, self.teacher_layers), "student": (self.student_hidden, self.student_layers),
+                          "solver": (self.solver_hidden, self.solver_layers)}[who]
         heads = hidden // 32
         return ModelShape(layers=layers, hidden=hidden, heads=heads, kv_heads=max(1, heads // 2), intermediate=3 * hidden)
 
@@ -150,7 +165,7 @@ def _tokenize(examples, tokenizer) -> list[dict[str, Any]]:
 
 def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: ModelShape, steps: int,
                        config: ScratchConfig, workdir: Path, init: Path | None = None,
-                       learning_rate: float = 0.0) -> tuple[Any, float]:
+                       learning_rate: float = 0.0, seed: int | None = None) -> tuple[Any, float]:
     """A random-initialised Llama of ``shape`` (or the built model at ``init``) trained on ``rows`` (CE
     on the assistant turns) for ``steps`` steps with the project's trainer (``KDTrainer`` with alpha 0:
     TRL's SFT loss, fused head)."""
@@ -161,7 +176,8 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
     from training.distill import distill_config
     from training.kd_trainer import KDTrainer
 
-    torch.manual_seed(config.seed)
+    seed = config.seed if seed is None else seed
+    torch.manual_seed(seed)
     longest = max(len(r["input_ids"]) for r in rows)
     if init is None:
         model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
@@ -172,7 +188,7 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
     args = distill_config(
         str(workdir / "trainer"), alpha=0.0, max_steps=steps, per_device_train_batch_size=config.batch_size,
         learning_rate=learning_rate or config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), weight_decay=0.01,
-        seed=config.seed, max_length=longest, logging_steps=max(1, steps // 20), dataloader_drop_last=False,
+        seed=seed, max_length=longest, logging_steps=max(1, steps // 20), dataloader_drop_last=False,
         # Random batches, not group_by_length: batches of one length are batches of one or two skills, and
         # from random weights that halves the pace (4x128, 300 steps on worked answers: loss 1.76 grouped,
         # 0.83 random).
@@ -214,22 +230,83 @@ def first_per_skill(items: Sequence[MCQItem], n: int) -> list[MCQItem]:
     return out
 
 
+def _stage_model(who: str, rows: Sequence[dict[str, Any]], tokenizer: Any, steps: int, config: ScratchConfig, work: Path,
+                 eval_items: Sequence[MCQItem], domain_name: str, init: Path | None = None, learning_rate: float = 0.0,
+                 seed: int | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train one model, save it with its tokenizer into ``work/<who>-model`` and score it; its build info."""
+    shape = config.shape(who)
+    logger.info("training the %s (%s) on %d examples for %d steps", who, shape, len(rows), steps)
+    model, seconds = train_from_scratch(rows, tokenizer, shape, steps, config, work / who, init, learning_rate, seed)
+    staged = work / f"{who}-model"
+    model.save_pretrained(staged, safe_serialization=True)
+    tokenizer.save_pretrained(staged)
+    scores = accuracy_by_node(staged, eval_items)
+    tasks_count: dict[str, int] = defaultdict(int)
+    for r in rows:
+        tasks_count[r["task"]] += 1
+    info = {"who": who, "domain": domain_name, "shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()),
+            "steps": steps, "learning_rate": learning_rate or config.learning_rate, "seed": config.seed if seed is None else seed,
+            "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
+            "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
+    logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)
+    return staged, info
+
+
+def _held_out(domain: Any, config: ScratchConfig) -> tuple[list[MCQItem], set[str]]:
+    """The eval items the models are scored on, and every seed and eval question (never trained on)."""
+    eval_items, seed_items = domain.eval_items(), domain.seed_items()
+    held_out = {it.question for it in (*eval_items, *seed_items)}
+    return (first_per_skill(eval_items, config.eval_per_skill) if config.eval_per_skill else eval_items), held_out
+
+
 def build(config: ScratchConfig) -> dict[str, Any]:
-    """Build (or reuse) the tokenizer, teacher and student; returns both models' build info."""
+    """Build (or reuse) the tokenizer, teacher and student, and the solver when asked; their build info."""
     from data.domains import get_domain
+
+    root = config.output_root()
+    whos = ("teacher", "student", "solver") if config.solver else ("teacher", "student")
+    infos: dict[str, Any] = {}
+    if config.force or not (is_built(root / "teacher") and is_built(root / "student")):
+        infos |= _build_pair(config, get_domain(config.domain))
+    else:
+        logger.info("teacher and student are built in %s (--force rebuilds them)", root)
+    if config.solver and (config.force or not is_built(root / "solver")):
+        infos["solver"] = _build_solver(config, get_domain(config.domain))
+    elif config.solver:
+        logger.info("the solver is built in %s (--force rebuilds it)", root / "solver")
+    return {who: infos.get(who) or json.loads((root / who / INFO_FILE).read_text()) for who in whos}
+
+
+def _build_solver(config: ScratchConfig, domain: Any) -> dict[str, Any]:
+    """The independent blind solver: the answer task alone, drawn with its own seed, in its own shape,
+    on the built teacher's tokenizer (so the label stage's engines need no second vocabulary)."""
+    from transformers import AutoTokenizer
+
+    from scratch.tasks import TaskBuilder
+
+    root = config.output_root()
+    eval_items, held_out = _held_out(domain, config)
+    tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
+    examples = TaskBuilder(seed=config.solver_seed, exclude=held_out, root=domain.root).examples({"answer": config.solver_answer_per_skill})
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
+        staged, info = _stage_model("solver", _tokenize(examples, tokenizer), tokenizer, config.solver_steps, config, Path(work),
+                                    eval_items, domain.name, seed=config.solver_seed)
+        info["tokenizer_of"] = str(root / "teacher")
+        (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
+        if (root / "solver").exists():
+            shutil.rmtree(root / "solver")
+        staged.rename(root / "solver")
+    return info
+
+
+def _build_pair(config: ScratchConfig, domain: Any) -> dict[str, Any]:
+    """The tokenizer, the teacher and the student, moved into place together."""
     from scratch.tasks import TaskBuilder
     from scratch.tokenizer import train_tokenizer
 
     root = config.output_root()
     teacher_dir, student_dir = root / "teacher", root / "student"
-    if not config.force and is_built(teacher_dir) and is_built(student_dir):
-        logger.info("both models are built in %s (--force rebuilds them)", root)
-        return {who: json.loads((root / who / INFO_FILE).read_text()) for who in ("teacher", "student")}
-    domain = get_domain(config.domain)
-    eval_items, seed_items = domain.eval_items(), domain.seed_items()
-    held_out = {it.question for it in (*eval_items, *seed_items)}
-    if config.eval_per_skill:
-        eval_items = first_per_skill(eval_items, config.eval_per_skill)
+    eval_items, held_out = _held_out(domain, config)
     tasks = TaskBuilder(seed=config.seed, exclude=held_out, root=domain.root)
     teacher_examples = tasks.examples({"answer": config.answer_per_skill, "generate": config.generate_per_skill,
                                        "critic": config.critic_per_skill, "diagnose": config.diagnose_per_skill})
@@ -246,31 +323,15 @@ def build(config: ScratchConfig) -> dict[str, Any]:
     infos: dict[str, Any] = {}
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
-        for who, examples, steps, target in (("teacher", teacher_examples, config.teacher_steps, teacher_dir),
-                                              ("student", student_examples, config.student_steps, student_dir)):
-            rows = _tokenize(examples, tokenizer)
-            shape = config.shape(who)
-            logger.info("training the %s (%s) on %d examples for %d steps", who, shape, len(rows), steps)
-            model, seconds = train_from_scratch(rows, tokenizer, shape, steps, config, Path(work) / who,
-                                                init if who == "teacher" else None,
-                                                config.teacher_learning_rate if who == "teacher" else 0.0)
-            staged = Path(work) / f"{who}-model"
-            model.save_pretrained(staged, safe_serialization=True)
-            tokenizer.save_pretrained(staged)
-            scores = accuracy_by_node(staged, eval_items)
-            tasks_count = defaultdict(int)
-            for r in rows:
-                tasks_count[r["task"]] += 1
-            info = {"who": who, "domain": domain.name, "shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()),
-                    "steps": steps, "learning_rate": (who == "teacher" and config.teacher_learning_rate) or config.learning_rate,
-                    "train_seconds": round(seconds, 1), "examples": dict(tasks_count),
-                    "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
-            if who == "teacher" and init is not None:  # what it started from, and that model's own training
+        for who, examples, steps in (("teacher", teacher_examples, config.teacher_steps), ("student", student_examples, config.student_steps)):
+            is_teacher = who == "teacher"
+            staged, info = _stage_model(who, _tokenize(examples, tokenizer), tokenizer, steps, config, Path(work), eval_items, domain.name,
+                                        init if is_teacher else None, config.teacher_learning_rate if is_teacher else 0.0)
+            if is_teacher and init is not None:  # what it started from, and that model's own training
                 info["initialised_from"] = {"path": str(init), **{k: init_info[k] for k in ("steps", "train_seconds", "examples", "eval", "initialised_from") if k in init_info}}
-                info["total_train_seconds"] = round(seconds + init_info.get("total_train_seconds", init_info["train_seconds"]), 1)
+                info["total_train_seconds"] = round(info["train_seconds"] + init_info.get("total_train_seconds", init_info["train_seconds"]), 1)
             (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
             infos[who] = info
-            logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)
         # Both into place only once both are built: they share the tokenizer, so a failed student build
         # must not leave a new teacher beside an old student.
         for who, target in (("teacher", teacher_dir), ("student", student_dir)):

@@ -33,6 +33,7 @@ from data.records import (
 )
 from synth.generate import SynthConfig
 from synth.report import node_table, positions_table, reason_table, summary_line
+from data.verification import NO_VERIFIER, load_verifier
 from synth.validate import ValidationConfig
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--decontaminate", type=Path, nargs="*", default=[], help="more evaluation files no item may share a 13-gram with")
         p.add_argument("--solver", default="", help="blind solver model spec(s), comma-separated (default: the teacher)")
         p.add_argument("--critic", default="", help="critic model spec (default: the teacher)")
+        p.add_argument("--verifier", default="", help="judge of the keys before the agents: module:function or file.py:function, or none (default: the domain's verifier, if it has one)")
         p.add_argument("--engine", default="auto", help="backend for local models: auto, transformers, vllm (default: auto)")
         p.add_argument("--threads", type=int, default=0, help="CPU threads for transformers (default 0: auto)")
         p.add_argument("--batch-size", type=int, default=16, help="prompts per transformers batch (default: 16)")
@@ -117,9 +119,11 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     domain = get_domain(args.domain)
     vconfig = dataclass_from_args(ValidationConfig, args, seed=args.seed, domain=domain.root)
     solver_specs, critic_spec = _agent_specs(args, vconfig.acceptance)
+    verifier_spec = "" if args.verifier == NO_VERIFIER else (args.verifier or domain.verifier)
+    verifier = load_verifier(verifier_spec, "--verifier" if args.verifier else f"{args.domain}: verifier") if verifier_spec else None
     seed_items = domain.seed_items()
     eval_items: list[MCQItem] = [*domain.eval_items(), *(read_items(args.decontaminate) if args.decontaminate else [])]
-    report: dict[str, Any] = {"domain": domain.name, "solvers": solver_specs, "critic": critic_spec, "seconds": {}}
+    report: dict[str, Any] = {"domain": domain.name, "solvers": solver_specs, "critic": critic_spec, "verifier": verifier_spec, "seconds": {}}
     candidates: list[GeneratedItem] = []
     unparsed: list[dict[str, Any]] = []
     if args.command == "validate":
@@ -150,7 +154,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         critic = engines.get(critic_spec) if critic_spec else None
         report["seconds"]["load"] = report["seconds"].get("load", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = validate_items(candidates, solver=solvers, critic=critic, seed_pool=seed_items, eval_items=eval_items, config=vconfig)
+        result = validate_items(candidates, solver=solvers, critic=critic, seed_pool=seed_items, eval_items=eval_items, config=vconfig,
+                                verifier=verifier, verifier_name=verifier_spec)
         report["seconds"]["validate"] = time.perf_counter() - t0
     finally:
         engines.close()

@@ -67,10 +67,13 @@ def summary_line(report: dict[str, Any]) -> str:
     val, sec, ipm = report["validation"], report["seconds"], report["items_per_minute"]
     requested = report.get("generation", {}).get("requested")
     head = f"requested {requested}, " if requested is not None else ""
+    v = val.get("verifier")
+    checked = (f"; verifier {v['name']}: {v['right']} keys right, {v['wrong']} wrong ({v['rekeyed']} re-keyed), {v['unknown']} unknown"
+               if v else "; no verifier: keys judged by the agents alone")
     return (
         f"{head}candidates {val['candidates']}, accepted {val['accepted']} ({val['acceptance_rate']:.0%} of candidates); "
         f"{sec['total']:.0f} s (generate {sec.get('generate', 0):.0f} s, validate {sec['validate']:.0f} s): "
-        f"{ipm['candidates']:.1f} candidates/min, {ipm['accepted']:.1f} accepted/min"
+        f"{ipm['candidates']:.1f} candidates/min, {ipm['accepted']:.1f} accepted/min{checked}"
     )
 
 

@@ -11,14 +11,23 @@ gate as ``stage`` with a one-line ``reason``:
    (default 0.7), or with ``near_dup_metric: embedding`` the encoder's cosine >= ``near_dup_embedding_threshold``,
    with a seed-pool item or an earlier surviving item of this batch.
 4. ``contamination``: shares a word 13-gram with any evaluation item (question + options text).
-5. ``solver`` / ``critic``: the agents, run only on the survivors, each model in ONE batched engine call.
+5. ``verifier``: where the domain can compute the truth (``data.verification``), the key is judged by
+   the domain before any agent sees it (synth.verify: a wrong key is re-keyed where the right value is
+   among the options, else rejected with the verifier's reason; an item it cannot judge goes on).
+6. ``solver`` / ``critic``: the agents, run only on the survivors, each model in ONE batched engine call.
    The solver answers blind (no key, no explanation) through prompts.mcq (the evaluation format), by
    the option letters' log-probs, with the options shuffled: small models favour positions. Each
    solver model sees every item ``solver_samples`` times, in rotations of one shuffle (with as many
    samples as options, every option is shown once at every position), and every presentation is a
-   vote; an item passes the solver when at least ``solver_min_votes`` votes (default: all of them)
-   pick the key. Several solver models (``solver=[...]``, e.g. of different families) pool their votes.
-   The critic sees the key and replies with JSON {"verdict", "reason"} (prompts/critique_mcq.j2).
+   vote; an item passes the solver when at least ``solver_min_votes`` votes (default: all of them) pick
+   the key, or a share ``solver_min_share`` of them and more than pick any other answer (a majority vote).
+   With ``solver_temperature`` > 0 each vote is a sample (self-consistency): a sampled worked reply in
+   generate mode, a letter drawn from the tempered letter distribution in logprob mode. Several solver
+   models (``solver=[...]``, e.g. of different families) pool their votes. Every raw reply and the
+   answer read from it are kept in the decisions, so the answer reader's false matches can be audited.
+   The critic sees the key (and the generator's explanation only with ``critic_sees_explanation``: it
+   argues for the key it was written with) and replies with JSON {"verdict", "reason"}
+   (prompts/critique_mcq.j2).
    ``acceptance`` decides which agents must agree: ``both`` (default), ``solver`` or ``critic``; only
    the agents a rule needs are run. When both are required and both object, the stage is ``solver``.
    So the rules of the design are: both agree with the key (``both``); solver only; critic only;
@@ -37,6 +46,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -46,6 +56,7 @@ from tqdm.auto import tqdm
 from data.records import GeneratedItem, MCQItem, first_error
 from data.run_layout import REJECTION_STAGES
 from data.text import normalize_text
+from data.verification import Verifier
 from engines.base import Engine, SamplingParams
 from prompts import render
 from prompts.extract import extract_answer
@@ -53,6 +64,7 @@ from prompts.mcq import mcq_messages
 from prompts.parse import CriticVerdict, critic_json_schema, parse_completion
 from synth.dedup import METRICS, ContaminationIndex, DuplicateIndex, Embed, memoized
 from synth.positions import answer_balance, is_position_bound, rebalance_answers
+from synth.verify import ON_UNKNOWN, ON_WRONG, GateCounts, gate
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +93,9 @@ class ValidationConfig:
     encoder: str = field(default="minilm", metadata={"help": "Sentence encoder of the embedding metric: minilm, st:<folder> or a folder (the loop passes the run's distilled encoder when it has one)."})
     contamination_ngram: int = field(default=13, metadata={"help": "Shared word n-gram length that marks an item contaminated."})
     solver_samples: int = field(default=1, metadata={"help": "Presentations of each item per solver model, each with the options in another order; each is a vote."})
-    solver_min_votes: int = field(default=0, metadata={"help": "Votes for the key an item needs to pass the solver (0 = all votes of all solver models)."})
+    solver_min_votes: int = field(default=0, metadata={"help": "Votes for the key an item needs to pass the solver (0 = all votes of all solver models, unless solver_min_share is set)."})
+    solver_min_share: float = field(default=0.0, metadata={"help": "Share of the votes the key needs, in (0, 1] (used when solver_min_votes is 0; 0 = not used). The key must also be the strict plurality answer."})
+    solver_temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the solver's votes (0 = greedy; > 0 with several samples: self-consistency voting)."})
     solver_mode: str = field(default="logprob", metadata={"help": "How the solver answers: logprob (the letters' log-probs) or generate (a greedy free reply read by prompts.extract; the domain's answer_mode)."})
     solver_max_tokens: int = field(default=32, metadata={"help": "Token budget of one generate-mode solver reply (the domain's answer_max_tokens)."})
     rebalance: bool = field(default=True, metadata={"help": "Even out the answer letters of accepted items (items whose options refer to other options stay as they are)."})
@@ -90,6 +104,9 @@ class ValidationConfig:
     critic_max_new_tokens: int = field(default=96, metadata={"help": "Token budget of one critic reply."})
     critic_temperature: float = field(default=0.0, metadata={"help": "Critic sampling temperature (0 = greedy)."})
     critic_prefill: bool = field(default=True, metadata={"help": "Start the critic's reply with '{\"verdict\": \"' on engines that do not enforce the JSON schema."})
+    critic_sees_explanation: bool = field(default=False, metadata={"help": "Show the critic the generator's explanation (it argues for the key it was written with, right or wrong)."})
+    verifier_on_wrong: str = field(default="rekey", metadata={"help": "What a key the domain's verifier finds wrong means: rekey (to the option that states the right answer, where one does; else reject) or reject."})
+    verifier_unknown: str = field(default="keep", metadata={"help": "What an item the verifier cannot judge means: keep (the agents decide) or reject."})
     domain: str = field(default="", metadata={"help": "Domain name shown to the critic."})
 
     def __post_init__(self) -> None:
@@ -107,6 +124,14 @@ class ValidationConfig:
             raise ValueError(f"solver_max_tokens must be >= 1, got {self.solver_max_tokens}")
         if self.solver_min_votes < 0:
             raise ValueError(f"solver_min_votes must be >= 0, got {self.solver_min_votes}")
+        if not 0.0 <= self.solver_min_share <= 1.0:
+            raise ValueError(f"solver_min_share must be in [0, 1], got {self.solver_min_share}")
+        if self.solver_temperature < 0:
+            raise ValueError(f"solver_temperature must be >= 0, got {self.solver_temperature}")
+        if self.verifier_on_wrong not in ON_WRONG:
+            raise ValueError(f"verifier_on_wrong must be one of {', '.join(ON_WRONG)}, got {self.verifier_on_wrong!r}")
+        if self.verifier_unknown not in ON_UNKNOWN:
+            raise ValueError(f"verifier_unknown must be one of {', '.join(ON_UNKNOWN)}, got {self.verifier_unknown!r}")
         if self.near_dup_ngram < 1 or self.contamination_ngram < 1:
             raise ValueError("n-gram sizes must be >= 1")
         if not 0.0 < self.near_dup_threshold <= 1.0:
@@ -133,9 +158,11 @@ class SolverVote:
     pick: str  # the answer, in the item's original letters
     prob_key: float  # the solver's probability of the key, normalised over the item's letters
     shown_order: list[str]  # original letters in the order the solver saw them
+    raw: str = ""  # the reply as written (generate mode) or the shown letters' log-probs (logprob mode)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"solver": self.solver, "pick": self.pick, "prob_key": round(self.prob_key, 4), "order": "".join(self.shown_order)}
+        return {"solver": self.solver, "pick": self.pick, "prob_key": round(self.prob_key, 4), "order": "".join(self.shown_order),
+                "raw": self.raw}
 
 
 @dataclass
@@ -179,9 +206,10 @@ def presentations(item: MCQItem, seed: int, samples: int) -> list[tuple[dict[str
 
 
 def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples: int = 1, mode: str = "logprob",
-                max_new_tokens: int = 32) -> list[list[SolverVote]]:
+                max_new_tokens: int = 32, temperature: float = 0.0) -> list[list[SolverVote]]:
     """Answer every item ``samples`` times without its key, in ONE ``choice_logprobs`` call (logprob
-    mode) or ONE greedy ``generate`` call whose replies ``prompts.extract`` reads (generate mode).
+    mode) or ONE ``generate`` call whose replies ``prompts.extract`` reads (generate mode); greedy, or
+    sampled at ``temperature`` (seeded: the same call gives the same votes).
 
     Returns one list of votes per item, in presentation order.
     """
@@ -189,48 +217,66 @@ def solve_blind(engine: Engine, items: Sequence[MCQItem], seed: int = 0, samples
         return []
     shown_all = [presentations(it, seed, samples) for it in items]
     if mode == "generate":
-        return _solve_by_generation(engine, items, shown_all, max_new_tokens)
+        return _solve_by_generation(engine, items, shown_all, max_new_tokens, temperature, seed)
     prompts = [mcq_messages(it.question, shown) for it, pres in zip(items, shown_all) for shown, _ in pres]
     letters = [chr(ord("A") + i) for i in range(max(len(it.options) for it in items))]
     scores = iter(engine.choice_logprobs(prompts, letters))
     votes: list[list[SolverVote]] = []
     for item, pres in zip(items, shown_all):
         own_votes = []
-        for shown, order in pres:
+        for s, (shown, order) in enumerate(pres):
             row = next(scores)
             own = list(shown)  # this item's letters; wider letters of the batch are ignored
             logps = [row[letter] for letter in own]
             top = max(logps)
             probs = [math.exp(lp - top) for lp in logps]
-            best = own[logps.index(top)]
+            if temperature > 0:  # a letter drawn from the tempered distribution: one sampled vote
+                weights = [math.exp((lp - top) / temperature) for lp in logps]
+                best = random.Random(f"{seed}:{s}:{item.id}").choices(own, weights)[0]
+            else:
+                best = own[logps.index(top)]
             prob_key = probs[order.index(item.answer_idx)] / sum(probs)
-            own_votes.append(SolverVote(engine.name, order[ord(best) - ord("A")], prob_key, order))
+            raw = " ".join(f"{letter}:{lp:.3f}" for letter, lp in zip(own, logps))
+            own_votes.append(SolverVote(engine.name, order[ord(best) - ord("A")], prob_key, order, raw))
         votes.append(own_votes)
     return votes
 
 
 def _solve_by_generation(engine: Engine, items: Sequence[MCQItem], shown_all: list[list[tuple[dict[str, str], list[str]]]],
-                         max_new_tokens: int) -> list[list[SolverVote]]:
+                         max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[list[SolverVote]]:
     """Generate-mode votes: the letter the reply commits to (no letter: a vote for nothing), the
     probability of the key 1 or 0."""
     prompts = [mcq_messages(it.question, shown, with_prefix=False) for it, pres in zip(items, shown_all) for shown, _ in pres]
-    texts = iter(c.text for c in engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed if temperature > 0 else None)
+    texts = iter(c.text for c in engine.generate(prompts, params))
     votes: list[list[SolverVote]] = []
     for item, pres in zip(items, shown_all):
         own_votes = []
         for shown, order in pres:
-            letter = extract_answer(next(texts), shown)
+            text = next(texts)
+            letter = extract_answer(text, shown)
             pick = order[ord(letter) - ord("A")] if letter else ""
-            own_votes.append(SolverVote(engine.name, pick, float(pick == item.answer_idx), order))
+            own_votes.append(SolverVote(engine.name, pick, float(pick == item.answer_idx), order, text))
         votes.append(own_votes)
     return votes
 
 
-def solver_verdict(votes: Sequence[SolverVote], key: str, min_votes: int) -> tuple[bool, int, int]:
-    """``(passes, votes for the key, votes)``; ``min_votes`` 0 means every vote must pick the key."""
-    for_key = sum(v.pick == key for v in votes)
-    needed = min_votes or len(votes)
-    return for_key >= needed, for_key, len(votes)
+def votes_needed(n_votes: int, min_votes: int, min_share: float = 0.0) -> int:
+    """Votes for the key an item needs: ``min_votes``, else ``ceil(min_share * n)``, else all of them."""
+    if min_votes:
+        return min_votes
+    return max(1, math.ceil(min_share * n_votes - 1e-9)) if min_share else n_votes
+
+
+def solver_verdict(votes: Sequence[SolverVote], key: str, min_votes: int, min_share: float = 0.0) -> tuple[bool, int, int]:
+    """``(passes, votes for the key, votes)``. ``min_votes`` k > 0: k votes for the key (k of n, as
+    asked: 1 of 2 pooled models is "either agrees"); else the share ``min_share`` of the votes and more
+    than any other answer (self-consistency: a tie with another answer fails, the majority is not the
+    key); else every vote."""
+    counts = Counter(v.pick for v in votes if v.pick)
+    for_key = counts.pop(key, 0)
+    plurality = min_votes > 0 or for_key > max(counts.values(), default=0)
+    return for_key >= votes_needed(len(votes), min_votes, min_share) and plurality, for_key, len(votes)
 
 
 # -------------------------------------------------------------------------------------- the critic
@@ -255,7 +301,7 @@ def critic_messages(item: MCQItem, config: ValidationConfig, prefill: bool | Non
         question=item.question,
         options=item.options,
         answer_idx=item.answer_idx,
-        explanation=getattr(item, "explanation", ""),
+        explanation=getattr(item, "explanation", "") if config.critic_sees_explanation else "",
         domain=config.domain,
     )
     messages = [{"role": "user", "content": user}]
@@ -332,12 +378,16 @@ def validate_items(
     eval_items: Sequence[MCQItem] = (),
     config: ValidationConfig | None = None,
     embed: Embed | None = None,
+    verifier: Verifier | None = None,
+    verifier_name: str = "",
 ) -> ValidationResult:
     """Run every gate and the agents the acceptance rule needs; see the module docstring for the order.
 
     ``solver`` is one engine or several (their votes are pooled). ``embed`` (texts -> embeddings) serves
-    the embedding near-duplicate metric; without it ``config.encoder`` is loaded. Accepted items come back in candidate
-    order, with their answer positions rebalanced when ``config.rebalance``.
+    the embedding near-duplicate metric; without it ``config.encoder`` is loaded. ``verifier`` (the
+    domain's, ``data.verification``; ``verifier_name`` names it in the report) judges keys before the
+    agents. Accepted items come back in candidate order, with their answer positions rebalanced when
+    ``config.rebalance``.
     """
     config = config or ValidationConfig()
     solvers = _engines(solver)
@@ -364,6 +414,8 @@ def validate_items(
     rejected: list[dict[str, Any]] = []
     survivors: list[GeneratedItem] = []
     seen_ids: set[str] = set()
+    checks = GateCounts(verifier_name or getattr(verifier, "__qualname__", "verifier")) if verifier is not None else None
+    verdicts: dict[str, dict[str, Any]] = {}
     for raw in tqdm(candidates, desc="quality gates", unit="item", disable=None, leave=False):
         item, why = check_schema(raw, config)
         if item is not None and item.id in seen_ids:
@@ -377,6 +429,16 @@ def validate_items(
             rejected.append(_reject(item, stage, reason, **details))
             continue
         batch.add(item.id, item.question, item.options)
+        if checks is not None:
+            outcome = gate(item, verifier, config.verifier_on_wrong, config.verifier_unknown)
+            checks.add(outcome)
+            verdicts[item.id] = outcome.record()
+            if outcome.item is None:
+                rejected.append(_reject(item, "verifier", outcome.verification.reason, verifier=verdicts[item.id]))
+                continue
+            if outcome.action == "rekeyed":
+                verdicts[item.id]["rekeyed"] = f"{item.answer_idx} -> {outcome.item.answer_idx}"
+            item = outcome.item
         survivors.append(item)
 
     logger.info("quality gates: %d of %d candidates reach the agents", len(survivors), len(candidates))
@@ -384,7 +446,7 @@ def validate_items(
     if need_solver:
         for engine in solvers:
             for own, new in zip(votes, solve_blind(engine, survivors, config.seed, config.solver_samples,
-                                                      config.solver_mode, config.solver_max_tokens)):
+                                                      config.solver_mode, config.solver_max_tokens, config.solver_temperature)):
                 own.extend(new)
     judged = critique(critic, survivors, config) if need_critic else [None] * len(survivors)
 
@@ -393,9 +455,11 @@ def validate_items(
     keep = ACCEPTANCE_RULES[config.acceptance]
     for item, item_votes, c in zip(survivors, votes, judged):
         decision: dict[str, Any] = {"id": item.id, "target_node": item.target_node, "key": item.answer_idx}
+        if item.id in verdicts:
+            decision["verifier"] = verdicts[item.id]
         solver_ok = None
         if need_solver:
-            solver_ok, for_key, n_votes = solver_verdict(item_votes, item.answer_idx, config.solver_min_votes)
+            solver_ok, for_key, n_votes = solver_verdict(item_votes, item.answer_idx, config.solver_min_votes, config.solver_min_share)
             decision.update(solver_passed=solver_ok, solver_key_votes=for_key, solver_votes=[v.as_dict() for v in item_votes])
         critic_ok = None if c is None else c.accept
         if c is not None:
@@ -407,8 +471,10 @@ def validate_items(
             continue
         details = {k: v for k, v in decision.items() if k not in ("id", "target_node", "key", "accepted", "solver_passed")}
         if need_solver and not solver_ok:
-            picks = ",".join(v.pick for v in item_votes)
-            reason = f"solver votes for the key {item.answer_idx}: {for_key} of {n_votes} (needs {config.solver_min_votes or n_votes}; picks {picks})"
+            picks = ",".join(v.pick or "-" for v in item_votes)
+            needed = votes_needed(n_votes, config.solver_min_votes, config.solver_min_share)
+            majority = " and the most votes" if not config.solver_min_votes and config.solver_min_share else ""
+            reason = f"solver votes for the key {item.answer_idx}: {for_key} of {n_votes} (needs {needed}{majority}; picks {picks})"
             if need_critic and not critic_ok:
                 reason += f"; critic: {c.reason}"
             rejected.append(_reject(item, "solver", reason, **details))
@@ -429,6 +495,7 @@ def validate_items(
         "position_bound": sum(is_position_bound(it) for it in accepted),
     }
     report = _report(candidates, accepted, rejected, decisions, config, positions)
+    report["verifier"] = checks.as_dict() if checks is not None else None
     logger.info(
         "validated %d candidates: %d accepted (%.0f%%); rejected by stage %s",
         len(candidates), len(accepted), 100 * report["acceptance_rate"], report["rejected_by_stage"],
@@ -503,6 +570,9 @@ def _report(
         "reached_agents": len(decisions),
         "solver_samples": config.solver_samples,
         "solver_min_votes": config.solver_min_votes,
+        "solver_min_share": config.solver_min_share,
+        "solver_temperature": config.solver_temperature,
+        "critic_sees_explanation": config.critic_sees_explanation,
         "solver_passed": sum(1 for d in decisions if d.get("solver_passed")),
         "critic_accepted": sum(1 for d in decisions if d.get("critic_accept")),
         "critic_unparseable": sum(1 for d in decisions if d.get("critic_parsed") is False),

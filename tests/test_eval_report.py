@@ -65,7 +65,9 @@ def make_run_dir(root: Path, iterations: int = 2) -> Path:
                         "new_abilities": [f"clinical/pharmacology/drug interactions {it}"]},
             "generate": {"requested": 32, "candidates": 32, "parsed": 20 + it, "failed_attempts": 3, "nodes": 4},
             "validate": {"candidates": 20 + it, "accepted": 3 + it, "rejected": 29 - it,
-                         "rejected_by_stage": {"parse": 12 - it, "schema": 2, "near_duplicate": 10, "solver": 5}},
+                         "rejected_by_stage": {"parse": 12 - it, "schema": 2, "near_duplicate": 10, "verifier": it - 1, "solver": 5},
+                         "verifier": None if it == 1 else {"name": "v:f", "right": 10, "wrong": 4, "unknown": 2, "passed": 10,
+                                                           "rekeyed": 3, "rejected": 1, "kept_unknown": 2}},
             "label": {"items": 35 + it, "generated": 3 + it, "replay": 32},
             "train": {"train_loss": 1.0},
         }
@@ -114,6 +116,9 @@ def test_report_renders_from_a_run_dir(tmp_path):
     assert "chance level" in md and "McNemar" in md and "| pubmedqa | 30 | 33.3% |" in md
     assert "anatomy" in md and "pharmacology" in md
     assert "iterations finished: 2 of 2" in md
+    # what judged the keys besides the agents: nothing in iteration 1, the verifier in iteration 2
+    assert "| parse 11, schema 2, near_duplicate 10, solver 5 | no verifier (the agents alone) |" in md
+    assert "verifier 1, solver 5 | v:f: 10 right, 4 wrong (3 re-keyed, 1 rejected), 2 unknown |" in md
 
 
 def test_report_figures_follow_the_data(tmp_path):

@@ -131,6 +131,15 @@ def test_config_refuses_unknown_skills_and_domains():
         ScratchConfig(domain="clinical")
 
 
+def test_the_solver_is_trained_apart_from_the_teacher():
+    with pytest.raises(ValueError, match="solver_seed must differ from seed"):
+        ScratchConfig(solver=True, solver_seed=0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        ScratchConfig(solver_hidden=100)
+    config = ScratchConfig(solver=True)
+    assert config.shape("solver") != config.shape("teacher")
+
+
 def test_cli_bad_option_exits_2(capsys, tmp_path):
     from scratch.__main__ import main
 
@@ -184,6 +193,19 @@ def test_a_tiny_build_is_cached_reused_and_loadable(tiny_cache):
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 
+def test_an_independent_solver_is_built_beside_the_pair(tiny_cache):
+    cache, infos = tiny_cache
+    root = cache / "models" / "scratch" / "arithmetic"
+    config = ScratchConfig(**TINY, solver=True, solver_layers=1, solver_hidden=64, solver_steps=1, solver_answer_per_skill=1)
+    got = build(config)
+    assert got["teacher"]["train_seconds"] == infos["teacher"]["train_seconds"]  # the pair is reused, not retrained
+    solver = json.loads((root / "solver" / "build_info.json").read_text())
+    assert solver["seed"] == config.solver_seed != infos["teacher"]["seed"] and solver["shape"]["hidden"] == 64
+    assert solver["examples"] == {"answer": len(SKILLS)}  # the answer task only
+    assert (root / "solver" / "tokenizer.json").read_text() == (root / "teacher" / "tokenizer.json").read_text()
+    assert build(config)["solver"]["train_seconds"] == solver["train_seconds"]  # reused too
+
+
 def test_a_teacher_starts_from_a_built_one(tiny_cache, tmp_path):
     cache, infos = tiny_cache
     teacher = cache / "models" / "scratch" / "arithmetic" / "teacher"
@@ -214,7 +236,9 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     generate = json.loads((it / "C_distill_data" / ".done.json").read_text())["summary"]
     label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
     # Generate mode: the items the (tiny, untrained) teacher's worked solution does not solve are set aside.
-    assert generate["requested"] == budget and label["replay"] + label["unsolved"] - label["unsolved_generated"] == 4
+    replay_set_aside = label["unsolved"] - label["unsolved_generated"] + label["refused_by_verifier"] - label["refused_generated"]
+    assert generate["requested"] == budget and label["replay"] + replay_set_aside == 4
+    assert (it / "E_teacher_logits" / "refused_solutions.jsonl").is_file()  # the domain's verifier checked the solutions
     if budget == 0:
         assert generate["parsed"] == 0 and label["generated"] == 0
     else:  # a generate-mode domain's items are written with the explanation before the options

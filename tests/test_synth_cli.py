@@ -75,7 +75,8 @@ def test_validate_an_existing_file_with_the_solver_alone(setup, tiny_teacher_pat
     report = json.loads((out / "report.json").read_text())
     assert report["validation"]["candidates"] == 1 and report["critic"] == ""
     assert [r["stage"] for r in read_jsonl(out / "rejected.jsonl")] == ["contamination"]
-    capsys.readouterr()
+    assert report["verifier"] == "" and report["validation"]["verifier"] is None  # clinical has none, and the line says so
+    assert "no verifier: keys judged by the agents alone" in capsys.readouterr().out
 
 
 def test_bad_input_is_a_clear_error_naming_file_and_line(setup, tmp_path, capsys):
@@ -86,3 +87,7 @@ def test_bad_input_is_a_clear_error_naming_file_and_line(setup, tmp_path, capsys
     assert not (tmp_path / "o").exists()
     assert main(["validate", "--candidates", str(setup["planted"]), "--acceptance", "critic", "--domain", str(setup["domain"]), "--out", str(tmp_path / "o")]) == 2
     assert "needs a critic" in capsys.readouterr().out
+    assert main(["validate", "--candidates", str(setup["planted"]), "--teacher", "smollm2", "--verifier", "checks.py:verify",
+                 "--domain", str(setup["domain"]), "--out", str(tmp_path / "o")]) == 2
+    assert "--verifier: 'checks.py:verify': file checks.py not found" in capsys.readouterr().out
+    assert not (tmp_path / "o").exists()

@@ -120,7 +120,7 @@ def test_report_counts_per_node_and_stage():
     report = result.report
     assert report["candidates"] == len(CANDIDATES) and report["accepted"] == 2
     assert report["acceptance_rate"] == pytest.approx(2 / len(CANDIDATES))
-    assert report["rejected_by_stage"] == {"schema": 3, "duplicate": 2, "near_duplicate": 1, "contamination": 1, "solver": 1, "critic": 1}
+    assert report["rejected_by_stage"] == {"schema": 3, "duplicate": 2, "near_duplicate": 1, "contamination": 1, "verifier": 0, "solver": 1, "critic": 1}
     assert report["per_node"]["n2"] == {"candidates": 2, "accepted": 1, "rejected": {"solver": 1}, "acceptance_rate": 0.5}
     assert report["reached_agents"] == 4 and report["solver_passed"] == 3 and report["critic_accepted"] == 3
     positions = report["answer_positions"]
@@ -337,3 +337,63 @@ def test_generate_mode_solver_reads_worked_replies_and_maps_letters_back():
 def test_solver_mode_is_checked():
     with pytest.raises(ValueError, match="solver_mode"):
         ValidationConfig(solver_mode="letters")
+
+
+# ------------------------------------------------------------------------------- self-consistency
+
+
+def vote(pick: str) -> "object":
+    from synth.validate import SolverVote
+
+    return SolverVote("s", pick, 0.0, list("ABCD"))
+
+
+@pytest.mark.parametrize("picks, min_votes, min_share, passes", [
+    ("AAAAA", 0, 0.0, True),   # default: every vote
+    ("AAAAB", 0, 0.0, False),
+    ("AAABB", 3, 0.0, True),   # 3 of 5
+    ("AAABB", 0, 0.5, True),   # a share: ceil(0.5 x 5) = 3
+    ("AABBC", 0, 0.4, False),  # 2 votes reach the share, but the key ties B: the majority is not the key
+    ("AA-B-", 0, 0.4, True),   # unread replies vote for nothing; the key is the plurality answer
+    ("ABCDB", 1, 0.0, True),   # k of n as asked: one vote is enough
+    ("ABCDB", 0, 0.2, False),  # a share of 1 in 5, but B has more
+])
+def test_self_consistency_needs_votes_and_the_plurality(picks, min_votes, min_share, passes):
+    votes = [vote("" if p == "-" else p) for p in picks]
+    assert solver_verdict(votes, "A", min_votes, min_share)[0] is passes
+
+
+def test_sampled_logprob_votes_follow_the_tempered_distribution_and_are_seeded():
+    solver = ScriptedEngine(pick=lambda p: HEART.options["A"])  # the key at -0.1, the others at -4
+    greedy = solve_blind(solver, [HEART], seed=1, samples=26)[0]
+    assert all(v.pick == "A" for v in greedy)
+    hot = solve_blind(solver, [HEART], seed=1, samples=26, temperature=4.0)[0]
+    assert 0 < sum(v.pick != "A" for v in hot) < 26  # at T = 4 the others get ~0.38 of the mass between them
+    again = solve_blind(solver, [HEART], seed=1, samples=26, temperature=4.0)[0]
+    assert [v.pick for v in hot] == [v.pick for v in again]
+    assert hot[0].raw.count(":") == 4 and "-0.100" in hot[0].raw  # each shown letter's log-prob, for the audit
+
+
+def test_sampled_generate_votes_keep_every_raw_reply():
+    items = [gen("g1", "What is 2 plus 2?", ["4", "5", "14", "104"], "A")]
+    replies = iter(["2 + 2 = 4. The answer is 4.", "2 + 2 = 5. The answer is 5.", "no idea"])
+    solver = ScriptedEngine(reply=lambda p: next(replies), name="t")
+    config = ValidationConfig(acceptance="solver", solver_mode="generate", solver_samples=3, solver_temperature=0.7,
+                              solver_min_share=0.3, rebalance=False)
+    result = validate_items(items, solver=solver, critic=None, config=config)
+    params = solver.calls[0][2]
+    assert params.temperature == 0.7 and params.seed == config.seed
+    (decision,) = result.decisions
+    assert [v["raw"] for v in decision["solver_votes"]] == ["2 + 2 = 4. The answer is 4.", "2 + 2 = 5. The answer is 5.", "no idea"]
+    assert [v["pick"] for v in decision["solver_votes"]] == ["A", "B", ""]
+    assert not decision["accepted"]  # one vote each for A and B: no majority for the key
+    assert "needs 1 and the most votes; picks A,B,-" in result.rejected[0]["reason"]
+
+
+def test_the_critic_sees_the_explanation_only_when_asked():
+    explained = GOOD.model_copy(update={"explanation": "Insulin comes from the beta cells of the pancreas."})
+    for sees in (False, True):
+        seen = []
+        critic = ScriptedEngine(reply=lambda p: seen.append(user_text(p)) or 'accept", "reason": "ok"}')
+        validate_items([explained], solver=None, critic=critic, config=ValidationConfig(acceptance="critic", critic_sees_explanation=sees))
+        assert ("Explanation: Insulin comes from" in seen[0]) is sees

@@ -140,16 +140,18 @@ def tree_descriptions() -> dict[str, str]:
 # The longest worked solution (two-digit by two-digit multiplication) is about 140 tokens of the scratch
 # tokenizer; the rest of the budget is slack for a model that rambles before it stops.
 ANSWER_MAX_TOKENS = 192
+VERIFIER = "data.arithmetic.verify:verify_item"  # the domain's verifier (data.verification)
 
 
 def domain_yaml() -> str:
     """The preset's domain.yaml: names, files and every node's description."""
     body = {"name": ROOT_NAME, "root": ROOT_NAME, "description": DESCRIPTION, "seed_files": ["seed.jsonl"],
             "eval_files": ["eval.jsonl"], "answer_mode": "generate", "answer_max_tokens": ANSWER_MAX_TOKENS,
-            "node_descriptions": tree_descriptions()}
+            "verifier": VERIFIER, "node_descriptions": tree_descriptions()}
     header = ("# A domain preset: what `--domain arithmetic` loads. Written, with seed.jsonl and eval.jsonl, by\n"
               "# `python -m data.arithmetic.build` (deterministic; README.md beside this file). Answered in\n"
-              "# generate mode: a worked solution, column by column, then the answer (scratch.tasks says why).\n")
+              "# generate mode: a worked solution, column by column, then the answer (scratch.tasks says why).\n"
+              "# Keys and worked solutions are checked by computing them (verifier: data/arithmetic/verify.py).\n")
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=110)
 
 
