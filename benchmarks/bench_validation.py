@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from data.domains import get_domain
     from engines import EngineConfig, load_engine
+    from eval.metrics import wilson_interval
 
     domain = get_domain(args.domain)
     args.teacher = args.teacher or (f"scratch:{domain.name}/teacher" if domain.name == "arithmetic" else "smollm2")
@@ -258,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "candidate_keys_unreadable": pool.unreadable, "accepted": c.accepted,
             "keys_right": c.right if check else "", "keys_wrong": c.wrong if check else "", "keys_unreadable": c.unreadable if check else "",
             "wrong_share_of_readable": round(c.wrong / readable, 4) if check and readable else "",
+            "wrong_share_ci95": "[{:.3f}, {:.3f}]".format(*wilson_interval(c.wrong, readable)) if check and readable else "",
             "recall_of_right_keys": round(c.right / pool.right, 4) if check and pool.right else "",
             "kept_of_todays_right": round(len(c.right_ids & today_right) / len(today_right), 4) if check and today_right else "",
             "rekeyed": v.get("rekeyed", ""), "verifier_rejected": v.get("rejected", ""),
@@ -267,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         rows.append(row)
         print(f"{setting.name:<26} accepted {c.accepted:>3}" + (
-            f"  right {c.right:>3} wrong {c.wrong:>3} unreadable {c.unreadable:>3}  wrong/readable {row['wrong_share_of_readable']}"
+            f"  right {c.right:>3} wrong {c.wrong:>3} unreadable {c.unreadable:>3}  wrong/readable {row['wrong_share_of_readable']} {row['wrong_share_ci95']}"
             f"  recall {row['recall_of_right_keys']}  kept of today's right {row['kept_of_todays_right']}" if check else
             f"  solver-critic agreement {row['solver_critic_agreement']}") + f"  {seconds:.0f} s", flush=True)
     for engine in engines.values():

@@ -97,7 +97,9 @@ def test_every_gate_fires_on_its_planted_item():
     assert reason["g-critic"] == "Two options could be correct."
     assert [it.id for it in result.accepted] == ["g-good", "g-good5"]
     rejected = {r["id"]: r for r in result.rejected}
-    assert rejected["g-solver"]["solver_votes"] == [{"solver": "solver", "pick": "A", "prob_key": pytest.approx(math.exp(-4) / (math.exp(-0.1) + 3 * math.exp(-4)), abs=1e-4), "order": rejected["g-solver"]["solver_votes"][0]["order"]}]
+    assert rejected["g-solver"]["solver_votes"] == [{"solver": "solver", "pick": "A", "prob_key": pytest.approx(math.exp(-4) / (math.exp(-0.1) + 3 * math.exp(-4)), abs=1e-4), "order": rejected["g-solver"]["solver_votes"][0]["order"], "raw": rejected["g-solver"]["solver_votes"][0]["raw"]}]
+    raw = rejected["g-solver"]["solver_votes"][0]["raw"].split()  # each shown letter's log-prob, for the audit
+    assert [r[0] for r in raw] == list("ABCD") and sum(r.endswith(":-0.100") for r in raw) == 1
 
 
 def test_agents_see_only_survivors_in_one_batched_call_each():
