@@ -15,8 +15,8 @@ domain's verifier before the agents. Model calls that repeat across settings are
 Per setting: items accepted; among them, keys right / wrong / unreadable by the domain's own answer key
 (arithmetic: ``data.arithmetic.answer_key``, which reads the builder's templates, a code path apart from
 the verifier's); the wrong share of the readable accepted keys; the right-key items kept, as a share
-of every right-key candidate (recall) and of those today's setting keeps; the items re-keyed by the
-verifier. Where no key can be computed (clinical) the acceptance and the agreement of solver and
+of every right-key candidate (recall), of the very items today's setting keeps, and as a count against
+today's count; the items re-keyed by the verifier. Where no key can be computed (clinical) the acceptance and the agreement of solver and
 critic are reported. Rows go to benchmarks/results/validation.csv; every setting's decisions go to
 ``--out/<setting>/`` for audit (each raw solver reply and the answer read from it).
 """
@@ -262,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wrong_share_ci95": "[{:.3f}, {:.3f}]".format(*wilson_interval(c.wrong, readable)) if check and readable else "",
             "recall_of_right_keys": round(c.right / pool.right, 4) if check and pool.right else "",
             "kept_of_todays_right": round(len(c.right_ids & today_right) / len(today_right), 4) if check and today_right else "",
+            "right_vs_todays": round(c.right / len(today_right), 4) if check and today_right else "",
             "rekeyed": v.get("rekeyed", ""), "verifier_rejected": v.get("rejected", ""),
             "rejected_by_stage": json.dumps({k: n for k, n in result.report["rejected_by_stage"].items() if n}),
             "solver_critic_agreement": round(a, 4) if (a := agreement(result.decisions)) is not None else "",
