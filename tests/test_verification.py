@@ -72,15 +72,23 @@ def test_questions_beyond_the_templates(question, answer):
 
 
 @pytest.mark.parametrize("question, why", [
-    ("There are 11 rows of 3 coins. How many books are there?", "mixes its nouns"),
     ("What is 12 plus 5 times 3?", "names 3 numbers"),
     ("Ana has 9 apples and gives away 4 more. How many apples are left?", "more than one operation"),
-    ("What is 17 divided by 5?", "does not come out exact"),
-    ("What is 5 minus 12?", "is negative"),
 ])
 def test_questions_it_will_not_read_are_unknown(question, why):
     v = verify_item(item(question, ["1", "2", "3", "4"]))
     assert v.verdict == "unknown" and why in v.reason, v
+
+
+@pytest.mark.parametrize("question, why", [  # real drafts of the scratch teacher, 2026-12-07
+    ("There are 9 rows of 3 beads. How many pencils are there?", "counts beads and pencils: it mixes its nouns"),
+    ("What is 23 divided by 3?", "23 ÷ 3 does not come out exact"),
+    ("What is 5 minus 12?", "5 - 12 is negative"),
+])
+def test_questions_without_a_right_answer_are_wrong_whatever_the_key(question, why):
+    v = verify_item(item(question, ["27", "7", "3", "4"]))
+    assert v.verdict == "wrong" and v.answer is None and v.reason == f"the question has no right answer: {why}", v
+    assert gate(item(question, ["27", "7", "3", "4"]), verify_item).action == "rejected"
 
 
 def test_a_wrong_key_names_the_option_that_is_right():
@@ -163,7 +171,7 @@ def test_the_gate_passes_rekeys_rejects_and_keeps_unknowns():
     right = item("What is 47 plus 38?", ["85", "75", "715", "84"], explanation="47 + 38 = 85.")
     rekey = item("What is 47 plus 38?", ["75", "85", "715", "84"], explanation="47 + 38 = 75.")
     absent = item("What is 47 plus 38?", ["75", "86", "715", "84"])
-    unread = item("There are 11 rows of 3 coins. How many books are there?", ["33", "34", "14", "8"])
+    unread = item("What is 12 plus 5 times 3?", ["33", "34", "14", "8"])
     assert gate(right, verify_item).action == "passed"
     out = gate(rekey, verify_item)
     assert out.action == "rekeyed" and out.item.answer_idx == "B" and out.item.explanation == ""  # its explanation argued for A
@@ -227,6 +235,6 @@ def test_the_validation_bench_reuses_calls_from_its_file_and_counts_keys(tmp_pat
     assert again.generate(prompts, SamplingParams(max_new_tokens=8)) == out and len(engine.calls) == 2  # from the file
     assert again.choice_logprobs(prompts, "AB") == first.choice_logprobs(prompts, "AB")
     items = [item("What is 47 plus 38?", ["85", "75", "715", "84"], id="r"), item("What is 47 plus 38?", ["75", "85", "7", "4"], id="w"),
-             item("There are 11 rows of 3 coins. How many books are there?", ["33", "34", "14", "8"], id="u")]
+             item("There are 11 rows of 3 coins. How many books are there?", ["33", "34", "14", "8"], id="u")]  # the answer key: unreadable
     c = key_counts(items, lambda it: key_is_right(it.question, it.options, it.answer_idx))
     assert (c.accepted, c.right, c.wrong, c.unreadable, c.right_ids) == (3, 1, 1, 1, {"r"})

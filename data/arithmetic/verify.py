@@ -4,8 +4,9 @@ worked solution, recomputed.
 ``verify_item(item, solution=None)`` reads the question by its operation words ("plus", "gives away",
 "rows of", "shares ... equally", "remainder", "nearest ten", "tens digit", "largest"), not by the
 templates the domain's builder fills in, so a teacher's rewording still gets checked; anything it cannot
-read with certainty (two operations named, a count of one noun asked about another, a division that does
-not come out exact, a negative difference) is ``unknown``. ``data/arithmetic/answer_key.py`` reads the
+read with certainty (two operations named, three numbers where two are asked for) is ``unknown``. A
+question it reads but that has no right answer in this domain (a count of one noun asked about another,
+a division that does not come out exact, a negative difference) is ill-posed: ``wrong``, whatever its key. ``data/arithmetic/answer_key.py`` reads the
 builder's own templates by another code path: the benchmark counts wrong keys with that one.
 
 A worked solution is checked step by step: every ``a op b [op c] = d`` (``+ - × ÷``, ``÷`` with an
@@ -45,8 +46,13 @@ def _nouns(question: str) -> set[str]:
     return {m.lower() for m in _PLURAL.findall(question) if m.lower() not in _NOT_NOUNS}
 
 
+class IllPosed(ValueError):
+    """A question that is read but has no right answer in this domain."""
+
+
 def question_answer(question: str) -> tuple[int | None, str]:
-    """``(answer, how)``: the number ``question`` asks for and how it was read, or ``(None, why not)``."""
+    """``(answer, how)``: the number ``question`` asks for and how it was read, or ``(None, why not)``.
+    Raises IllPosed for a question that has no right answer here."""
     q = question.strip()
     numbers = [int(n) for n in _NUMBER.findall(q)]
     if m := _ROUND.search(q):
@@ -72,7 +78,7 @@ def question_answer(question: str) -> tuple[int | None, str]:
         return None, f"names {len(numbers)} numbers, not two"
     nouns = _nouns(q)
     if len(nouns) > 1:
-        return None, f"counts {' and '.join(sorted(nouns))}: it mixes its nouns"
+        raise IllPosed(f"counts {' and '.join(sorted(nouns))}: it mixes its nouns")
     a, b = numbers
     if _REMAINDER.search(q):
         return (a % b, f"{a} mod {b}") if b else (None, "divides by zero")
@@ -87,9 +93,11 @@ def question_answer(question: str) -> tuple[int | None, str]:
     if op == "subtract":
         if m := _SUBTRACT_FROM.search(q):
             b, a = int(m[1]), int(m[2])
-        return (a - b, f"{a} - {b}") if a >= b else (None, f"{a} - {b} is negative")
+        if a < b:
+            raise IllPosed(f"{a} - {b} is negative")
+        return a - b, f"{a} - {b}"
     if not b or a % b:
-        return None, f"{a} ÷ {b} does not come out exact"
+        raise IllPosed(f"{a} ÷ {b} does not come out exact")
     return a // b, f"{a} ÷ {b}"
 
 
@@ -146,7 +154,10 @@ def check_steps(solution: str) -> tuple[int, str]:
 
 def verify_item(item: MCQItem, solution: str | None = None) -> Verification:
     """Right when the key's option states the computed answer (and every step of ``solution`` holds)."""
-    answer, how = question_answer(item.question)
+    try:
+        answer, how = question_answer(item.question)
+    except IllPosed as e:
+        return Verification("wrong", f"the question has no right answer: {e}")
     if solution:
         steps, wrong_step = check_steps(solution)
         if wrong_step:
