@@ -203,7 +203,6 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
     plan.judges, warning = describe_judges(config, config.verifier_spec(domain.verifier))
     if warning and config.budget:
         plan.warnings.append(warning)
-        logger.warning(warning)
     if config.encoder and "embedding" in (config.near_dup_metric, config.exemplar_choice):
         plan.models.append(("--encoder", _check_encoder(config.encoder)))
 
@@ -219,4 +218,7 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
     plan.stages = list(STAGE_DIRS)
     plan.budgets = {"iterations": config.iterations, "probe_size": config.probe_size, "budget (items generated)": config.budget,
                     "replay": config.replay, "train_epochs": config.train_epochs, "eval_size": config.eval_size or "all"}
+    if not config.dry_run:  # every check passed; --dry-run prints them in the plan instead
+        for w in plan.warnings:
+            logger.warning(w)
     return plan

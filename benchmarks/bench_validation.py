@@ -238,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidates, unparsed = generate_candidates(args, domain, engines["teacher"].engine)
     check = answer_check(domain)
     pool = key_counts(candidates, check)
-    print(f"{len(candidates)} candidates of {args.items} requests ({len(unparsed)} failed attempts); keys as written: "
-          f"{pool.right} right, {pool.wrong} wrong, {pool.unreadable} unreadable")
+    print(f"{len(candidates)} candidates of {args.items} requests ({len(unparsed)} failed attempts); "
+          + (f"keys as written: {pool.right} right, {pool.wrong} wrong, {pool.unreadable} unreadable" if check else
+             f"no key check on {domain.name}: acceptance and solver-critic agreement only"))
 
     rows, today_right = [], None
     if "today" not in {s.name for s in wanted}:  # the right-key items today's setting keeps: the recall reference
