@@ -105,7 +105,7 @@ class ScratchConfig:
     solver: bool = field(default=False, metadata={"help": "Also build an independent blind solver (scratch:<domain>/solver): answer task only, its own seed and shape, the teacher's tokenizer."})
     solver_layers: int = field(default=4, metadata={"help": "Solver decoder layers."})
     solver_hidden: int = field(default=192, metadata={"help": "Solver hidden size (a shape other than the teacher's)."})
-    solver_steps: int = field(default=1500, metadata={"help": "Solver optimizer steps."})
+    solver_steps: int = field(default=1000, metadata={"help": "Solver optimizer steps."})
     solver_answer_per_skill: int = field(default=1200, metadata={"help": "Solver: answer examples per skill."})
     solver_seed: int = field(default=1, metadata={"help": "Seed of the solver's data, initialisation and training order (another than --seed)."})
 
