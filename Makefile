@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= cpu,dev,onnx
+EXTRAS ?= cpu,dev,onnx,track
 ARGS ?=
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv

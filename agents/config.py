@@ -18,9 +18,18 @@ import yaml
 
 from data.records import DataError
 from data.verification import NO_VERIFIER
+from eval.gate import GATE_RULES
+from eval.tracking import parse_report_to
 from synth.verify import ON_UNKNOWN, ON_WRONG
 
 ENGINES = ("auto", "transformers", "vllm")
+
+
+def schedulers() -> tuple[str, ...]:
+    """transformers' learning-rate schedules (imported when a config is made, so that --help stays instant)."""
+    from transformers import SchedulerType
+
+    return tuple(s.value for s in SchedulerType)
 
 
 @dataclass
@@ -60,14 +69,24 @@ class LoopConfig:
     verifier: str = field(default="", metadata={"help": "The verifier of generated keys and of the teacher's worked solutions: module:function or file.py:function (a function (item, solution=None) -> data.verification.Verification), or none. Default: the domain's (domain.yaml verifier:), else none."})
     verifier_on_wrong: str = field(default="rekey", metadata={"help": "A key the verifier finds wrong: rekey (to the option stating the right answer, where one does; else reject) or reject."})
     verifier_unknown: str = field(default="keep", metadata={"help": "An item the verifier cannot judge: keep (the agents decide) or reject."})
-    replay: int = field(default=32, metadata={"help": "Seed-pool items (weakest nodes first, never probe or eval items) mixed into each training set."})
+    replay: int = field(default=16, metadata={"help": "Targeted replay: seed-pool items of the weakest nodes first (never probe, dev or eval items) mixed into each training set."})
+    rehearsal: int = field(default=16, metadata={"help": "Rehearsal: more seed-pool items, stratified over all of the tree's leaves (never probe, dev, eval or replay items), so that the skills the student has are trained too."})
     top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
     alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE."})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature T (the KD term is scaled by T²)."})
     train_epochs: float = field(default=2.0, metadata={"help": "Training epochs over each iteration's training set."})
-    learning_rate: float = field(default=5e-5, metadata={"help": "Student learning rate."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Student learning rate (peak, after warmup)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of the train stage's steps over which the learning rate rises from 0."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "Learning-rate schedule after warmup (transformers' SchedulerType: linear, cosine, constant, constant_with_warmup, ...)."})
     train_batch_size: int = field(default=8, metadata={"help": "Training examples per optimizer step."})
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter instead of the full student."})
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (rank 16) instead of the full student."})
+    select_epoch: bool = field(default=True, metadata={"help": "Score the student on the dev split after every training epoch and keep the best epoch (in-process training; the domain needs a dev split)."})
+    gate: str = field(default="margin", metadata={"help": "Acceptance gate after training, on the dev split: margin (adopt the trained student unless its dev accuracy drops by more than --gate-margin points), mcnemar (adopt unless a one-sided exact McNemar test finds it worse at --gate-alpha) or off (always adopt)."})
+    gate_margin: float = field(default=0.0, metadata={"help": "margin gate: dev-accuracy drop tolerated, in points (negative: the gain required)."})
+    gate_alpha: float = field(default=0.05, metadata={"help": "mcnemar gate: test level."})
+    dev_size: int = field(default=0, metadata={"help": "Dev-split items used by the gate and the epoch choice (0 = all of the domain's dev files)."})
+    score_cache: bool = field(default=True, metadata={"help": "Reuse scores already made (a model on the same items, asked the same way), kept in <atkd cache>/scores."})
+    report_to: str = field(default="none", metadata={"help": "Experiment trackers, comma-separated: tensorboard, trackio, wandb (installed ones), or none. The trainers report their curves, the loop its per-stage figures (TensorBoard: <run-dir>/tracking)."})
     kv_teachers: str = field(default="", metadata={"help": "KV-cache teachers of the train stage, comma-separated model specs (e.g. smollm2,minilm): their keys/values are distilled into the student beside the stored logits (training.kv). --teacher stays the data generator. Off when empty."})
     kv_fusion: str = field(default="fixed", metadata={"help": "How the KV teachers are combined: fixed, similarity, learnable, mince, avgce, domain (each item to the teacher owning its source, --kv-teacher-domains)."})
     kv_teacher_domains: str = field(default="", metadata={"help": "kv_fusion domain: the item sources each KV teacher owns, teachers separated by commas, sources by | (e.g. medmcqa|medqa,mmlu)."})
@@ -100,6 +119,13 @@ class LoopConfig:
             (self.train_epochs > 0, "train_epochs must be > 0"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
+            (self.rehearsal >= 0, "rehearsal must be >= 0"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (self.lr_scheduler_type in schedulers(), f"lr_scheduler_type must be one of {', '.join(schedulers())}"),
+            (self.gate in GATE_RULES, f"gate must be one of {', '.join(GATE_RULES)}"),
+            (0.0 < self.gate_alpha < 1.0, "gate_alpha must be in (0, 1)"),
+            (-100.0 <= self.gate_margin <= 100.0, "gate_margin is in points: within [-100, 100]"),
+            (self.dev_size >= 0, "dev_size must be >= 0 (0 = the whole dev split)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size must be >= 1"),
@@ -124,6 +150,12 @@ class LoopConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.trackers  # noqa: B018 (raises ValueError naming a bad --report-to)
+
+    @property
+    def trackers(self) -> list[str]:
+        """The --report-to trackers (empty: none)."""
+        return parse_report_to(self.report_to)
 
     @property
     def kv_teacher_specs(self) -> list[str]:
@@ -186,7 +218,8 @@ def make_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         kind = _field_type(f)
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=f.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} (default: {'on' if f.default else 'off'})")
         else:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=name.upper(), help=f"{f.metadata['help']} (default: {f.default!r})")
     return parser
@@ -203,25 +236,50 @@ def load_yaml_options(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a mapping of option: value")
+    return _typed_options(raw, str(path))
+
+
+def _typed_options(raw: dict[Any, Any], where: str) -> dict[str, Any]:
+    """Option name (- or _) -> value, checked against LoopConfig's fields; DataError names ``where``."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS or name in TRANSIENT:
-            raise DataError(f"{path}: unknown option {key!r}")
+            raise DataError(f"{where}: unknown option {key!r}")
         kind = _field_type(_FIELDS[name])
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise DataError(f"{path}: option {key!r} must be {kind.__name__}, got {value!r}")
+            raise DataError(f"{where}: option {key!r} must be {kind.__name__}, got {value!r}")
         out[name] = value
     return out
 
 
+def domain_defaults(domain: str) -> dict[str, Any]:
+    """The ``loop_defaults`` of the domain's domain.yaml, checked like a --config file."""
+    from data.domains import get_domain
+
+    d = get_domain(domain)
+    where = f"{d.file}: field 'loop_defaults'" if d.file else f"domain {d.name}: loop_defaults"
+    options = _typed_options(d.loop_defaults, where)
+    if "domain" in options:
+        raise DataError(f"{where}: a domain cannot set the domain")
+    return options
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[LoopConfig, set[str]]:
-    """CLI (+ optional YAML) → LoopConfig, and the names the user set explicitly (for resume checks)."""
+    """CLI (+ optional YAML) → LoopConfig, and the names the user set explicitly (for resume checks).
+
+    Precedence: LoopConfig's defaults < the domain's loop_defaults (domain.yaml) < --config < command line.
+    A resumed run uses its stored config (agents.loop), so a later change of a domain's defaults does
+    not change a run already started."""
     cli = vars(make_parser().parse_args(argv))
     options: dict[str, Any] = {}
     if cli.get("config"):
         options.update(load_yaml_options(cli["config"]))
     options.update(cli)
-    return LoopConfig(**options), set(options) - set(TRANSIENT)
+    explicit = set(options) - set(TRANSIENT)
+    if not options.get("resume"):
+        defaults = domain_defaults(options.get("domain", _FIELDS["domain"].default))
+        options = {**defaults, **options}
+    return LoopConfig(**options), explicit

@@ -88,5 +88,30 @@ class LoopContext:
         return load_verifier(self.verifier_spec) if self.verifier_spec else None
 
     @cached_property
+    def dev_items(self) -> list[MCQItem]:
+        """The dev split (model selection only), --dev-size of it stratified over nodes (0: all)."""
+        items = self.domain.dev_items()
+        n = self.config.dev_size
+        if not n or n >= len(items):
+            return items
+        from data.splits import stratified
+
+        return stratified(items, n, self.config.seed, lambda i: "/".join(i.ability_path or [i.source]))
+
+    @cached_property
+    def score_cache(self):
+        """Scores already made (eval.score_cache); --no-score-cache: a cache that keeps nothing."""
+        from eval.score_cache import ScoreCache
+
+        return ScoreCache.default() if self.config.score_cache else ScoreCache(None)
+
+    @cached_property
+    def tracker(self):
+        """The --report-to trackers of the loop's stage figures (eval.tracking)."""
+        from eval.tracking import StageTracker
+
+        return StageTracker(self.config.trackers, self.run.root, self.run.root.name, self.config.to_dict())
+
+    @cached_property
     def items_by_id(self) -> dict[str, MCQItem]:
         return {it.id: it for it in (*self.seed_items, *self.eval_items)}

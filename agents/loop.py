@@ -70,7 +70,7 @@ def run_loop(config: LoopConfig, run: RunDir) -> dict:
     ctx = LoopContext(config=config, run=run, domain=domain, engines=EnginePool(config.engine, config.threads, config.batch_size, config.vllm_options))
     # Every data file is read and validated here too (the pre-flight did so from main): a caller of
     # run_loop alone gets the file:line error before anything is written.
-    ctx.seed_items, ctx.eval_items  # noqa: B018 (cached properties, evaluated for their validation)
+    ctx.seed_items, ctx.eval_items, ctx.dev_items  # noqa: B018 (cached properties, evaluated for their validation)
     run.root.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         atomic_write_text(run.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -94,6 +94,8 @@ def run_loop(config: LoopConfig, run: RunDir) -> dict:
         return graph.get_state(thread).values
     finally:
         ctx.engines.release()
+        if "tracker" in ctx.__dict__:  # made only when a stage finished
+            ctx.tracker.close()
         conn.close()
 
 

@@ -66,6 +66,7 @@ def _node(ctx: LoopContext | None, stage: Stage) -> Callable[[LoopState], dict[s
             summary = stage.work(ctx, state, out)
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             ctx.run.mark_done(it, stage.name, fp, summary)
+            ctx.tracker.log(stage.name, it, summary)
         record: StageRecord = {
             "iteration": it,
             "stage": stage.name,
@@ -87,6 +88,7 @@ STAGE_TABLE = (
     Stage("validate", stages.validate_inputs, stages.validate),
     Stage("label", stages.label_inputs, stages.label),
     Stage("train", stages.train_inputs, stages.train),
+    Stage("gate", stages.gate_inputs, stages.gate),
     Stage("evaluate", stages.evaluate_inputs, stages.evaluate, stages.advance),
 )
 

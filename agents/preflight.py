@@ -20,6 +20,7 @@ from agents.config import LoopConfig
 from data.domains import Domain
 from data.records import DataError
 from data.run_layout import STAGE_DIRS
+from eval.tracking import missing_trackers
 from data.verification import NO_VERIFIER, load_verifier
 from engines.check import SpecCheck, check_spec
 from engines.spec import SpecError, parse_spec
@@ -210,14 +211,27 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
         _gpus_for("--vllm-tensor-parallel-size", config.vllm_tensor_parallel_size)
     plan.training = _check_training(config)
     seed, evals = domain.seed_items(), domain.eval_items()  # DataError (file:line) on a bad file
+    dev = domain.dev_items()  # and on a dev item that repeats a seed or eval item
     plan.data = [f"seed pool: {len(seed)} items from {', '.join(str(p) for p in domain.seed_files)}",
                  f"eval set: {len(evals)} items" + (f" (first {config.eval_size} used)" if config.eval_size else "")]
+    if dev:
+        used = min(config.dev_size, len(dev)) if config.dev_size else len(dev)
+        plan.data.append(f"dev split: {used} of {len(dev)} items (model selection only: the gate{' and the epoch choice' if config.select_epoch else ''})")
+    elif config.gate != "off":
+        plan.warnings.append(f"domain {domain.name} has no dev split (domain.yaml dev_files): the gate adopts every trained student "
+                             "and no epoch is chosen; add a dev file to guard against regressions")
+    missing = missing_trackers(config.trackers)
+    if missing:
+        raise PreflightError(f"--report-to {config.report_to}: not installed here: {', '.join(missing)}")
     if config.tree:
         plan.data.append(f"tree: {config.tree}")
     plan.devices = _devices() if devices else ""
     plan.stages = list(STAGE_DIRS)
     plan.budgets = {"iterations": config.iterations, "probe_size": config.probe_size, "budget (items generated)": config.budget,
-                    "replay": config.replay, "train_epochs": config.train_epochs, "eval_size": config.eval_size or "all"}
+                    "replay": config.replay, "rehearsal": config.rehearsal, "train_epochs": config.train_epochs,
+                    "learning_rate": config.learning_rate, "schedule": f"{config.lr_scheduler_type}, warmup {config.warmup_ratio:g}",
+                    "gate": config.gate if config.gate != "margin" else f"margin {config.gate_margin:g} points",
+                    "eval_size": config.eval_size or "all"}
     if not config.dry_run:  # every check passed; --dry-run prints them in the plan instead
         for w in plan.warnings:
             logger.warning(w)

@@ -8,14 +8,17 @@ small JSON-able summary that goes into the graph state and the report.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from agents.context import LoopContext
 from agents.state import LoopState
+from data.splits import stratified
 from data.records import (
     GeneratedItem,
     MCQItem,
@@ -42,19 +45,7 @@ def _prev(ctx: LoopContext, state: LoopState, stage: str) -> Path | None:
 
 def select_probe(items: list[MCQItem], n: int, seed: int) -> list[MCQItem]:
     """A fixed probe set, stratified over sources so every part of the tree is seen each iteration."""
-    by_source: dict[str, list[MCQItem]] = defaultdict(list)
-    for item in sorted(items, key=lambda i: i.id):
-        by_source[item.source].append(item)
-    rng = random.Random(seed)
-    for group in by_source.values():
-        rng.shuffle(group)
-    probe: list[MCQItem] = []
-    queues = [by_source[s] for s in sorted(by_source)]
-    while len(probe) < min(n, len(items)):
-        for q in queues:
-            if q and len(probe) < n:
-                probe.append(q.pop())
-    return probe
+    return stratified(items, n, seed, lambda i: i.source)
 
 
 def _answer_mode(ctx: LoopContext) -> dict[str, Any]:
@@ -63,10 +54,20 @@ def _answer_mode(ctx: LoopContext) -> dict[str, Any]:
     return {} if d.answer_mode == "logprob" else {"answer_mode": d.answer_mode, "answer_max_tokens": d.answer_max_tokens}
 
 
-def _score(ctx: LoopContext, engine: Any, items: list[MCQItem]):
-    from eval.mcq import score_items
+def score_request(ctx: LoopContext, spec: str, split: str):
+    """The score-cache key of ``spec`` answering ``split`` the domain's way (eval.score_cache)."""
+    from eval.score_cache import ScoreRequest, model_identity
 
-    return score_items(engine, items, mode=ctx.domain.answer_mode, max_new_tokens=ctx.domain.answer_max_tokens)
+    return ScoreRequest(model=model_identity(spec), split=split, mode=ctx.domain.answer_mode,
+                        max_new_tokens=ctx.domain.answer_max_tokens, engine=ctx.config.engine)
+
+
+def _score(ctx: LoopContext, spec: str, items: list[MCQItem], split: str):
+    """``spec``'s replies to ``items``: reused where the same model already answered the same items the
+    same way (this run or another), else scored with the engine and kept (eval.score_cache)."""
+    return ctx.score_cache.score(score_request(ctx, spec, split), lambda: ctx.engines.get(spec), items)
+
+
 
 
 def infer_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
@@ -77,10 +78,11 @@ def infer_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
 
 def infer(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     probe = select_probe(ctx.seed_items, ctx.config.probe_size, ctx.config.seed)
-    result = _score(ctx, ctx.engines.get(state["student"]), probe)
+    result = _score(ctx, state["student"], probe, "probe")
     write_jsonl(out / "replies.jsonl", result.replies)
     n_correct = sum(r.correct for r in result.replies)
-    return {"n": len(probe), "correct": n_correct, "accuracy": n_correct / len(probe), "items_per_s": result.items_per_s}
+    return {"n": len(probe), "correct": n_correct, "accuracy": n_correct / len(probe), "items_per_s": result.items_per_s,
+            "reused_scores": result.reused}
 
 
 # ---------------------------------------------------------------------------------------- analyze
@@ -266,19 +268,37 @@ def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ label
 
 
+def _training_pool(ctx: LoopContext, state: LoopState) -> list[MCQItem]:
+    """Seed-pool items the student may be trained on: never probe items (the dev split and the eval
+    set are other files, checked disjoint from the seed pool by data.domains)."""
+    probe_ids = {r["id"] for r in read_jsonl(ctx.run.stage(state["iteration"], "infer") / "replies.jsonl")}
+    return [i for i in ctx.seed_items if i.id not in probe_ids]
+
+
 def select_replay(ctx: LoopContext, state: LoopState, n: int) -> list[MCQItem]:
-    """Seed-pool items of the weakest nodes first (never probe items, never eval items)."""
+    """Targeted replay: seed-pool items of the weakest nodes first (never probe, dev or eval items)."""
     from tree import AbilityTree
 
     it = state["iteration"]
-    probe_ids = {r["id"] for r in read_jsonl(ctx.run.stage(it, "infer") / "replies.jsonl")}
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
     rank = {node: i for i, (node, _) in enumerate(tree.weakest(None, iteration=it))}
-    pool = [i for i in ctx.seed_items if i.id not in probe_ids]
+    pool = _training_pool(ctx, state)
     rng = random.Random(ctx.config.seed + it)
     rng.shuffle(pool)
     pool.sort(key=lambda i: rank.get(tree.node_of(i), len(rank)))
     return pool[:n]
+
+
+def select_rehearsal(ctx: LoopContext, state: LoopState, n: int, taken: set[str]) -> list[MCQItem]:
+    """Rehearsal: seed-pool items stratified over all of the tree's nodes (round-robin, shuffled within
+    each), none of them in ``taken`` (the targeted replay): the skills the student has are trained too,
+    so that an update aimed at its weak nodes does not unlearn the rest."""
+    from tree import AbilityTree
+
+    it = state["iteration"]
+    tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
+    pool = [i for i in _training_pool(ctx, state) if i.id not in taken]
+    return stratified(pool, n, ctx.config.seed + 7919 * it, tree.node_of)
 
 
 def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
@@ -286,6 +306,8 @@ def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     it = state["iteration"]
     paths = [ctx.run.stage(it, "validate") / "validated.jsonl", ctx.run.stage(it, "analyze") / "tree.json", *ctx.domain.seed_files]
     values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed, **_answer_mode(ctx)}
+    if c.rehearsal:  # only then: runs made before rehearsal keep their fingerprints
+        values["rehearsal"] = c.rehearsal
     if ctx.verifier_spec and ctx.domain.answer_mode == "generate":  # it checks the worked solutions
         values["verifier"] = ctx.verifier_spec
     if c.label_teacher:  # only then: runs made before the option keep their fingerprints
@@ -299,7 +321,8 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     it, c = state["iteration"], ctx.config
     accepted = read_jsonl(ctx.run.stage(it, "validate") / "validated.jsonl", GeneratedItem)
     replay = select_replay(ctx, state, c.replay)
-    items: list[MCQItem] = [*accepted, *replay]
+    rehearsal = select_rehearsal(ctx, state, c.rehearsal, {i.id for i in replay})
+    items: list[MCQItem] = [*accepted, *replay, *rehearsal]
     solved: dict[str, Any] = {}
     if items and ctx.domain.answer_mode == "generate":  # the teacher's worked solutions are the replies to learn
         from synth.solutions import attach_solutions
@@ -315,14 +338,29 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         generated_ids = {it.id for it in accepted}
         kept = {it.id for it in items}
         accepted, replay = [it for it in accepted if it.id in kept], [it for it in replay if it.id in kept]
+        rehearsal = [it for it in rehearsal if it.id in kept]
         solved = {"unsolved": len(unsolved), "unsolved_generated": sum(it.id in generated_ids for it in unsolved)}
         if ctx.verifier is not None:
             solved |= {"refused_by_verifier": len(refused), "refused_generated": sum(it.id in generated_ids for it, _ in refused)}
     write_jsonl(out / "items.jsonl", items)
+    composition = _composition(ctx, state, {"generated": accepted, "replay": replay, "rehearsal": rehearsal})
+    atomic_write_json(out / "composition.json", composition)
     if not items:
-        return {"items": 0, "generated": 0, "replay": 0, "tokens": 0, "bytes_per_token": None, **solved}
+        return {"items": 0, "generated": 0, "replay": 0, "rehearsal": 0, "tokens": 0, "bytes_per_token": None, **solved}
     stats = extract_teacher_logits(ctx.engines.get(c.label_spec), items, out, k=c.top_k)
-    return {"items": len(items), "generated": len(accepted), "replay": len(replay), **solved, **stats}
+    return {"items": len(items), "generated": len(accepted), "replay": len(replay), "rehearsal": len(rehearsal), **solved, **stats}
+
+
+def _composition(ctx: LoopContext, state: LoopState, parts: dict[str, list[MCQItem]]) -> dict[str, dict[str, int]]:
+    """Node -> {part: items} of the training set (what the student is trained on, per node: the report)."""
+    from tree import AbilityTree
+
+    tree = AbilityTree.load(ctx.run.stage(state["iteration"], "analyze") / "tree.json")
+    out: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(parts, 0))
+    for part, items in parts.items():
+        for item in items:
+            out[tree.node_of(item)][part] += 1
+    return dict(sorted(out.items()))
 
 
 # ------------------------------------------------------------------------------------------ train
@@ -337,12 +375,26 @@ def _local_path(spec: str) -> Path:
 def train_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     c = ctx.config
     values = {k: getattr(c, k) for k in ("alpha", "temperature", "train_epochs", "learning_rate", "train_batch_size", "lora", "seed", "teacher")}
+    # Only where not the defaults of before: runs made before these options keep their fingerprints.
+    if c.warmup_ratio or c.lr_scheduler_type != "linear":
+        values |= {"warmup_ratio": c.warmup_ratio, "lr_scheduler_type": c.lr_scheduler_type}
+    paths = [ctx.run.stage(state["iteration"], "label"), *_model_inputs(state["student"])]
+    if selects_epoch(ctx):
+        values |= {"select_epoch": True, "dev_size": c.dev_size, **_answer_mode(ctx)}
+        paths += list(ctx.domain.dev_files)
     if c.kv_teacher_specs:  # only then: runs without KV teachers keep their fingerprints
         values.update({k: getattr(c, k) for k in ("kv_teachers", "kv_fusion", "kv_teacher_domains", "kv_phase", "kv_loss_weight")})
     if c.train_launcher != "in-process":  # likewise for runs trained in the loop's own process
         values.update({k: getattr(c, k) for k in ("train_launcher", "train_num_processes", "train_accelerate_config")})
     values["student"] = state["student"]
-    return values, [ctx.run.stage(state["iteration"], "label"), *_model_inputs(state["student"])]
+    return values, paths
+
+
+def selects_epoch(ctx: LoopContext) -> bool:
+    """Whether the train stage scores every epoch on the dev split and keeps the best: asked for, a dev
+    split to score on, and the trainer in this process (accelerate's subprocess cannot call back)."""
+    c = ctx.config
+    return c.select_epoch and bool(ctx.dev_items) and c.train_launcher == "in-process"
 
 
 def train_kv_options(c: Any) -> dict[str, Any]:
@@ -369,6 +421,9 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         temperature=c.temperature,
         num_train_epochs=c.train_epochs,
         learning_rate=c.learning_rate,
+        warmup_ratio=c.warmup_ratio,
+        lr_scheduler_type=c.lr_scheduler_type,
+        report_to=c.trackers or "none",
         per_device_train_batch_size=c.train_batch_size // processes,  # the same examples per optimizer step
         seed=c.seed + it,
         top_k=c.top_k,
@@ -385,8 +440,107 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         from training.mcq_data import read_training_items
 
         items = read_training_items([labels / "items.jsonl"])
-        metrics = distill(student, items, out, KDConfig(output_dir=str(out), **overrides), logits_dir=labels)
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        scorer = callback = None
+        if selects_epoch(ctx) and items:
+            from transformers import AutoTokenizer
+
+            from training.selection import BestEpochCallback
+
+            scorer = _DevSelection(ctx, AutoTokenizer.from_pretrained(student))
+            callback = BestEpochCallback(scorer)
+        with _tensorboard_dir(ctx, it):
+            metrics = distill(student, items, out, KDConfig(output_dir=str(out), **overrides), logits_dir=labels,
+                              callbacks=[callback] if callback else [])
+        if scorer is not None and callback is not None:
+            metrics |= {"epochs_scored": callback.history, "best_epoch": callback.best_epoch, "restored_epoch": callback.restored}
+            # The kept epoch's dev replies are the candidate's: the gate reuses them instead of scoring again.
+            ctx.score_cache.put(score_request(ctx, f"hf:{out}", "dev"), ctx.dev_items, scorer.best_replies)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, list)) or v is None}
+
+
+class _DevSelection:
+    """The train stage's epoch choice: dev accuracy of the model in training (BestEpochCallback's score),
+    remembering the replies of the best epoch so far."""
+
+    def __init__(self, ctx: LoopContext, tokenizer: Any) -> None:
+        self.ctx, self.tokenizer = ctx, tokenizer
+        self.best_replies: list = []
+        self._best = -1.0
+
+    def __call__(self, model: Any) -> float:
+        from engines.hf_engine import TransformersEngine
+        from eval.mcq import score_items
+
+        c = self.ctx.config
+        engine = TransformersEngine.wrap(model, self.tokenizer, name="student in training", batch_size=c.batch_size, threads=c.threads)
+        result = score_items(engine, self.ctx.dev_items, mode=self.ctx.domain.answer_mode, max_new_tokens=self.ctx.domain.answer_max_tokens)
+        accuracy = result.accuracy or 0.0
+        if accuracy >= self._best:  # ties keep the later epoch, as BestEpochCallback does
+            self._best, self.best_replies = accuracy, result.replies
+        return accuracy
+
+
+@contextmanager
+def _tensorboard_dir(ctx: LoopContext, iteration: int):
+    """TensorBoard event files of the trainer under <run-dir>/tracking (transformers reads the variable)."""
+    if "tensorboard" not in ctx.config.trackers:
+        yield
+        return
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(ctx.run.root / "tracking" / "tensorboard" / f"train_iteration_{iteration}")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
+
+
+# ------------------------------------------------------------------------------------------- gate
+
+
+GATE_FILE = "gate.json"
+
+
+def gate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
+    c = ctx.config
+    values = {"student": state["student"], "gate": c.gate, "gate_margin": c.gate_margin, "gate_alpha": c.gate_alpha,
+              "dev_size": c.dev_size, **_answer_mode(ctx)}
+    return values, [ctx.run.stage(state["iteration"], "train"), *ctx.domain.dev_files, *_model_inputs(state["student"])]
+
+
+def gate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
+    """Score the current and the trained student on the dev split (scores already made are reused:
+    the current one's from an earlier iteration or run, the trained one's from the train stage's epoch
+    choice) and decide whether the trained one is adopted (eval.gate)."""
+    from eval.gate import GateConfig, decide
+
+    c = ctx.config
+    config = GateConfig(rule=c.gate, margin=c.gate_margin, alpha=c.gate_alpha)
+    reused: list[str] = []
+    if config.rule == "off" or not ctx.dev_items:
+        decision = decide([], [], config)
+        if config.rule != "off":
+            logger.warning("the domain has no dev split (domain.yaml dev_files): every trained student is adopted")
+    else:
+        before = _score(ctx, state["student"], ctx.dev_items, "dev")
+        after = _score(ctx, f"hf:{ctx.run.stage(state['iteration'], 'train')}", ctx.dev_items, "dev")
+        reused = [who for who, scored in (("current", before), ("candidate", after)) if scored.reused]
+        decision = decide(before.replies, after.replies, config)
+    atomic_write_json(out / GATE_FILE, decision.as_dict())
+    logger.info("iteration %d gate: %s", state["iteration"], decision.reason)
+    return {**decision.as_dict(), "reused_scores": reused}
+
+
+def adopted(ctx: LoopContext, iteration: int) -> bool:
+    """The gate's decision for ``iteration`` (a run made before the gate: adopted)."""
+    path = ctx.run.stage(iteration, "gate") / GATE_FILE
+    if not path.is_file():
+        return True
+    import json
+
+    return bool(json.loads(path.read_text(encoding="utf-8"))["adopted"])
 
 
 # --------------------------------------------------------------------------------------- evaluate
@@ -394,37 +548,40 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
 
 def evaluate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], list[Path]]:
     values = {"student": state["student"], "eval_size": ctx.config.eval_size, **_answer_mode(ctx)}
-    return values, [ctx.run.stage(state["iteration"], "train"), *ctx.domain.eval_files, *_model_inputs(state["student"])]
+    it = state["iteration"]
+    return values, [ctx.run.stage(it, "train"), ctx.run.stage(it, "gate") / GATE_FILE, *ctx.domain.eval_files,
+                    *_model_inputs(state["student"])]
 
 
 def evaluate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from data.records import Reply
+    """The current (before) and the trained (after) student on the eval set, paired; the student the
+    next iteration starts from is the trained one only where the gate adopted it, so the run's
+    accuracy after this iteration (``student``) is the adopted one's."""
     from eval.mcq import assign_nodes
     from eval.metrics import paired_summary, write_metrics
     from tree import AbilityTree
 
     it = state["iteration"]
     items = ctx.eval_items
-    prev_eval = _prev(ctx, state, "evaluate")
-    if prev_eval is not None and (prev_eval / "after.jsonl").is_file():
-        before = read_jsonl(prev_eval / "after.jsonl", Reply)  # the previous iteration's new student
-    else:
-        before = _score(ctx, ctx.engines.get(state["student"]), items).replies
-    trained = ctx.run.stage(it, "train")
-    after_result = _score(ctx, ctx.engines.get(f"hf:{trained}"), items)
+    before_result = _score(ctx, state["student"], items, "eval")
+    after_result = _score(ctx, f"hf:{ctx.run.stage(it, 'train')}", items, "eval")
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
-    before, after = assign_nodes(before, items, tree), assign_nodes(after_result.replies, items, tree)
+    before, after = assign_nodes(before_result.replies, items, tree), assign_nodes(after_result.replies, items, tree)
     write_jsonl(out / "before.jsonl", before)
     write_jsonl(out / "after.jsonl", after)
     summary = paired_summary(before, after, items, tree)
     write_metrics(out, summary)
+    kept = adopted(ctx, it)
     return {
         "n": len(items),
         "chance": summary["chance"],
         "before": summary["before"],
         "after": summary["after"],
         **{k: summary[k] for k in ("delta", "delta_ci95", "gained", "lost", "bootstrap_p", "mcnemar_p")},
+        "adopted": kept,
+        "student": summary["after"] if kept else summary["before"],  # the accuracy the run goes on with
         "items_per_s": after_result.items_per_s,
+        "reused_scores": [who for who, r in (("before", before_result), ("after", after_result)) if r.reused],
     }
 
 
@@ -442,6 +599,8 @@ def write_run_report(root: Path) -> Path | None:
 
 def advance(ctx: LoopContext, state: LoopState, summary: dict[str, Any]) -> dict[str, Any]:
     """After evaluate's marker is written: the report covers this iteration, and the trained student
-    becomes the student of the next iteration."""
+    becomes the student of the next iteration where the gate adopted it; else the current one stays."""
     write_run_report(ctx.run.root)
-    return {"iteration": state["iteration"] + 1, "student": f"hf:{ctx.run.stage(state['iteration'], 'train')}"}
+    it = state["iteration"]
+    student = f"hf:{ctx.run.stage(it, 'train')}" if adopted(ctx, it) else state["student"]
+    return {"iteration": it + 1, "student": student}

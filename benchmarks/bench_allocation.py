@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 ARMS = ("weakness", "uniform", "replay")
-STAGES = ("infer", "analyze", "generate", "validate", "label", "train", "evaluate")
+STAGES = ("infer", "analyze", "generate", "validate", "label", "train", "gate", "evaluate")
 
 
 def run_loop(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
@@ -94,13 +94,17 @@ def collect(run_dir: Path, iterations: int, weakest: set[str] | None) -> dict[st
     first = _replies(run_dir / "iteration_1" / "G_eval" / "before.jsonl")
     out: dict[str, Any] = {"start": first, "acc": [_accuracy(first)], "weak": [], "accepted": [], "candidates": [],
                            "requested": [], "seconds": defaultdict(list), "new_nodes": [], "keys": [], "rejected": []}
+    from data.run_layout import MARKER, STAGE_DIRS
+
     for i in range(1, iterations + 1):
-        after = _replies(run_dir / f"iteration_{i}" / "G_eval" / "after.jsonl")
+        evaluated = json.loads((run_dir / f"iteration_{i}" / "G_eval" / MARKER).read_text())["summary"]
+        # The student the run goes on with: the trained one where the gate adopted it, else the one before.
+        after = _replies(run_dir / f"iteration_{i}" / "G_eval" / ("after.jsonl" if evaluated.get("adopted", True) else "before.jsonl"))
         out["acc"].append(_accuracy(after))
         out.setdefault("after", []).append(after)
-        for stage, folder in zip(STAGES, ("A_student_reply", "B_student_tree", "C_distill_data", "D_validated_data",
-                                          "E_teacher_logits", "F_student_model", "G_eval")):
-            summary = json.loads((run_dir / f"iteration_{i}" / folder / ".done.json").read_text())["summary"]
+        for stage in STAGES:
+            marker = run_dir / f"iteration_{i}" / STAGE_DIRS[stage] / MARKER
+            summary = json.loads(marker.read_text())["summary"] if marker.is_file() else {}  # no gate in older runs
             out["seconds"][stage].append(summary.get("seconds", float("nan")))
             if stage == "generate":
                 out["requested"].append(summary.get("requested", 0))

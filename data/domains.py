@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,12 +38,34 @@ class Domain:
     # The domain's verifier (data.verification), as module:function or file.py:function ("": none): it
     # judges generated keys in the validate stage and the teacher's worked solutions in the label stage.
     verifier: str = ""
+    # The dev split: items for model selection only (the loop's acceptance gate, the train stage's choice
+    # of epoch), disjoint from the seed pool (probe, replay, exemplars) and the eval set. Empty: none.
+    dev_files: tuple[Path, ...] = ()
+    # Loop options this domain runs best with (agents.config: what --domain sets unless the user does),
+    # e.g. the training schedule chosen by benchmarks/bench_update.py.
+    loop_defaults: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None  # the domain.yaml it was read from
 
     def seed_items(self) -> list[MCQItem]:
         return read_items(self.seed_files)
 
     def eval_items(self) -> list[MCQItem]:
         return read_items(self.eval_files)
+
+    def dev_items(self) -> list[MCQItem]:
+        """The dev split; a DataError names the dev file of an item that repeats a seed or eval item
+        (by id or by question): a dev score must not be earned on items the loop trains or reports on."""
+        if not self.dev_files:
+            return []
+        items = read_items(self.dev_files)
+        others = {it.id: "seed" for it in self.seed_items()} | {it.id: "eval" for it in self.eval_items()}
+        questions = {it.question.strip().lower() for it in (*self.seed_items(), *self.eval_items())}
+        for item in items:
+            where = others.get(item.id) or ("seed/eval" if item.question.strip().lower() in questions else "")
+            if where:
+                files = ", ".join(str(f) for f in self.dev_files)
+                raise DataError(f"{files}: dev item {item.id!r} repeats a {where} item; the dev split must be disjoint from them")
+        return items
 
 
 def available_domains() -> list[str]:
@@ -75,12 +98,13 @@ def get_domain(name_or_path: str) -> Domain:
     for key in ("name", "root", "seed_files", "eval_files"):
         if key not in raw:
             raise DataError(f"{path}: missing field {key!r}")
-    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens", "verifier"}
+    unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens", "verifier",
+                         "dev_files", "loop_defaults"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
 
     def files(key: str) -> tuple[Path, ...]:
-        value = raw[key]
+        value = raw.get(key)
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
@@ -110,6 +134,9 @@ def get_domain(name_or_path: str) -> Domain:
         if sep and module.endswith(".py") and not Path(module).is_absolute():
             verifier = f"{(path.parent / module).resolve()}:{func}"
         load_verifier(verifier, f"{path}: field 'verifier'")  # DataError naming the file and field
+    loop_defaults = raw.get("loop_defaults") or {}
+    if not isinstance(loop_defaults, dict) or not all(isinstance(k, str) for k in loop_defaults):
+        raise DataError(f"{path}: field 'loop_defaults' must map loop option names to values")
     return Domain(
         name=str(raw["name"]),
         root=str(raw["root"]),
@@ -120,4 +147,7 @@ def get_domain(name_or_path: str) -> Domain:
         answer_mode=answer_mode,
         answer_max_tokens=answer_max_tokens,
         verifier=verifier,
+        dev_files=files("dev_files") if "dev_files" in raw else (),
+        loop_defaults=dict(loop_defaults),
+        file=path.resolve(),
     )

@@ -14,6 +14,7 @@ STAGE_DIRS = {
     "validate": "D_validated_data",
     "label": "E_teacher_logits",
     "train": "F_student_model",
+    "gate": "G_dev_gate",  # is the trained student adopted? (the dev split; shares G with eval, sorts before it)
     "evaluate": "G_eval",
 }
 # Written into a stage folder after all of its outputs: {"fingerprint": ..., "summary": {..., "seconds": ...}}.

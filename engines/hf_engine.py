@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -132,6 +132,35 @@ class TransformersEngine:
         gen_eos = self.model.generation_config.eos_token_id
         eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         self._eos = sorted(e for e in eos if e is not None)
+
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, *, name: str = "", batch_size: int = 16, threads: int | str = "auto",
+             max_batch_tokens: int = 4096, progress: bool = False) -> "TransformersEngine":
+        """An engine over a model already in memory (e.g. the one a trainer is training), so that it can
+        be scored between epochs without saving and reloading it. ``tokenizer`` is copied (left padding
+        here must not change the trainer's); the model's attention implementation is left as it is."""
+        import copy
+
+        engine = cls.__new__(cls)
+        engine.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"
+        engine.batch_size, engine.max_batch_tokens, engine.progress = batch_size, max_batch_tokens, progress
+        engine.enforces_json_schema, engine._grammars = False, None
+        engine.governor = ThreadGovernor(threads)
+        engine.model = model
+        engine.device = str(next(model.parameters()).device)
+        engine.tokenizer = copy.deepcopy(tokenizer)
+        engine.tokenizer.padding_side = "left"
+        if engine.tokenizer.pad_token is None:
+            engine.tokenizer.pad_token = engine.tokenizer.eos_token
+        eos = {engine.tokenizer.eos_token_id}
+        im_end = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != engine.tokenizer.unk_token_id:
+            eos.add(im_end)
+        gen = getattr(model, "generation_config", None)
+        gen_eos = getattr(gen, "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        engine._eos = sorted(e for e in eos if e is not None)
+        return engine
 
     # ------------------------------------------------------------------------------------ helpers
 

@@ -151,7 +151,8 @@ def accuracy_figure(run: RunResults, config: MetricsConfig, evals: dict[int, dic
         return None
     ys, lo, hi = [], [], []
     first = evals[evaluated[0].number]["before"]
-    points = [first] + [evals[it.number]["after"] for it in evaluated]
+    # The student the run goes on with: the trained one where the gate adopted it, else the one before.
+    points = [first] + [evals[it.number]["after" if adopted(it) else "before"] for it in evaluated]
     xs = [evaluated[0].number - 1] + [it.number for it in evaluated]
     for block in points:
         ys.append(block["accuracy"])
@@ -161,6 +162,10 @@ def accuracy_figure(run: RunResults, config: MetricsConfig, evals: dict[int, dic
     ax = fig.add_subplot()
     ax.fill_between(xs, lo, hi, color="tab:blue", alpha=0.18, linewidth=0, label="95% interval")
     ax.plot(xs, ys, "o-", color="tab:blue", label=f"eval accuracy (n={first['n']})")
+    rejected = [(it.number, evals[it.number]["after"]["accuracy"]) for it in evaluated if not adopted(it)]
+    if rejected:
+        ax.plot([x for x, _ in rejected], [y for _, y in rejected], "x", color="tab:red", markersize=9, mew=2,
+                label="trained, rejected by the gate")
     probe = [(it.number - 1, it.summary("infer")) for it in run.iterations if it.summary("infer").get("n")]
     pci: list[tuple[float, float, str]] = []
     if probe:
@@ -285,6 +290,22 @@ def _stage_file(it: Iteration, name: str) -> Path:
     return it.path / STAGE_DIRS["evaluate"] / name
 
 
+def adopted(it: Iteration) -> bool:
+    """Whether the iteration's trained student was adopted (runs made before the gate: always)."""
+    return bool(it.summary("gate").get("adopted", it.summary("evaluate").get("adopted", True)))
+
+
+def gate_cell(it: Iteration) -> str:
+    """The gate's decision and its dev evidence, for the iteration table."""
+    g = it.summary("gate")
+    if not g:
+        return "–"
+    if g.get("rule") == "off" or g.get("before") is None:
+        return "adopted (no gate)" if g.get("rule") == "off" else "adopted (no dev split)"
+    verdict = "adopted" if g["adopted"] else "REJECTED"
+    return f"{verdict}: dev {fmt_pct(g['before'])} → {fmt_pct(g['after'])} (n={g['n']})"
+
+
 def evaluations(run: RunResults, config: MetricsConfig) -> dict[int, dict[str, Any]]:
     """Each evaluated iteration's paired summary, recomputed from G_eval/before.jsonl and after.jsonl
     with ``config`` (so every figure of the report uses the same method); the stored summary where the
@@ -307,7 +328,8 @@ def run_paired(run: RunResults, config: MetricsConfig) -> dict[str, Any] | None:
         return None
     try:
         before = read_jsonl(_stage_file(evaluated[0], "before.jsonl"), Reply)
-        after = read_jsonl(_stage_file(evaluated[-1], "after.jsonl"), Reply)
+        last = evaluated[-1]  # the student the run ends with: the last one the gate adopted
+        after = read_jsonl(_stage_file(last, "after.jsonl" if adopted(last) else "before.jsonl"), Reply)
         node = {r.id: r.node for r in after}
         before = [r.model_copy(update={"node": node.get(r.id)}) for r in before]
         return paired_outcomes(outcomes(before), outcomes(after), config)
@@ -319,7 +341,7 @@ def run_paired(run: RunResults, config: MetricsConfig) -> dict[str, Any] | None:
 def iteration_table(run: RunResults, evals: dict[int, dict[str, Any]] | None = None) -> Table:
     """One row per iteration; evaluation figures from ``evals`` (see ``evaluations``), else as stored."""
     headers = ["iter", "probe acc", "eval before [95% CI]", "eval after [95% CI]", "change [95% CI]", "p (bootstrap / McNemar)",
-               "generated / parsed / accepted", "train items", "eval items/s", "time"]
+               "gate", "generated / parsed / accepted", "train items", "eval items/s", "time"]
     rows = []
     for it in run.iterations:
         ev = (evals or {}).get(it.number) or it.summary("evaluate")
@@ -332,6 +354,7 @@ def iteration_table(run: RunResults, evals: dict[int, dict[str, Any]] | None = N
             fmt_pct(ev.get("after", {}).get("accuracy")) + _interval(ev.get("after", {}).get("ci95")),
             fmt_change(ev.get("delta"), ev.get("delta_ci95")),
             f"{fmt_p(ev.get('bootstrap_p'))} / {fmt_p(ev.get('mcnemar_p'))}" if "mcnemar_p" in ev else "–",
+            gate_cell(it),
             f"{gen.get('requested', '–')} / {gen.get('parsed', '–')} / {val.get('accepted', '–')}",
             str(it.summary("label").get("items", "–")),
             f"{it.summary('evaluate')['items_per_s']:.1f}" if it.summary("evaluate").get("items_per_s") else "–",
@@ -354,6 +377,20 @@ def data_table(run: RunResults) -> Table:
                      ", ".join(f"{r} {by_reason[r]}" for r in REJECTION_STAGES if by_reason.get(r)) or "–",
                      key_check(val)])
     return Table(["iter", "asked", "parsed", "accepted", "accepted / asked", "rejected by reason", "keys checked by"], rows)
+
+
+def training_table(run: RunResults) -> Table | None:
+    """Per iteration and node: the items the student was trained on, by part (generated by the teacher,
+    targeted replay of weak nodes, rehearsal over all nodes), from E_teacher_logits/composition.json."""
+    rows = []
+    for it in run.iterations:
+        path = it.path / STAGE_DIRS["label"] / "composition.json"
+        if not path.is_file():
+            continue
+        for node, parts in _read_json(path).items():
+            rows.append([str(it.number), node.split("/", 1)[-1] if "/" in node else node,
+                         str(parts.get("generated", 0)), str(parts.get("replay", 0)), str(parts.get("rehearsal", 0))])
+    return Table(["iter", "node", "generated", "targeted replay", "rehearsal"], rows) if rows else None
 
 
 def key_check(validate_summary: dict) -> str:
@@ -458,9 +495,18 @@ def report_blocks(run: RunResults, config: MetricsConfig = MetricsConfig(), max_
     if (png := acceptance_figure(run)) is not None:
         blocks += [("h2", "Generated data"), ("table", data_table(run)),
                    ("figure", Figure("acceptance.png", png, "Items the teacher was asked for: accepted, and rejected at each gate."))]
+    if (training := training_table(run)) is not None:
+        blocks += [("h2", "Training data per node"),
+                   ("p", "What the student was trained on in each iteration, per node of the tree: items the teacher "
+                         "generated and validation accepted, seed items replayed for the weakest nodes, and rehearsal "
+                         "items spread over every node (after the teacher's worked solutions that miss the key are set aside)."),
+                   ("table", training)]
     blocks += [("h2", "Time"), ("table", time_table(run))]
     if (png := time_figure(run)) is not None:
         blocks.append(("figure", Figure("stage_time.png", png, "Seconds per stage, as measured when each stage ran (resumed stages keep their first time).")))
+    blocks.append(("p", "The gate: a trained student is adopted only where the dev split (model selection only) finds it "
+                        "no worse than the student before it (the rule: the run's --gate options); a rejected one stays on "
+                        "disk in F_student_model and the next iteration starts from the student before it."))
     blocks.append(("p", "Stage outputs are in `iteration_N/A_student_reply` … `G_eval` (see docs/run_dir.md)."))
     return blocks
 

@@ -253,9 +253,9 @@ def _stage_model(who: str, rows: Sequence[dict[str, Any]], tokenizer: Any, steps
 
 
 def _held_out(domain: Any, config: ScratchConfig) -> tuple[list[MCQItem], set[str]]:
-    """The eval items the models are scored on, and every seed and eval question (never trained on)."""
+    """The eval items the models are scored on, and every seed, dev and eval question (never trained on)."""
     eval_items, seed_items = domain.eval_items(), domain.seed_items()
-    held_out = {it.question for it in (*eval_items, *seed_items)}
+    held_out = {it.question for it in (*eval_items, *seed_items, *domain.dev_items())}
     return (first_per_skill(eval_items, config.eval_per_skill) if config.eval_per_skill else eval_items), held_out
 
 

@@ -4,7 +4,10 @@
 
 Deterministic (no random seed): items are ordered by sha256 of their id, near-identical questions are
 grouped so that a group never straddles seed and eval, and no eval item shares a 13-gram with a seed
-item. Only the dev splits are used; the held-out splits stay unseen.
+item. The dev split (model selection: the loop's acceptance gate) is carved out of the seed pool, the
+last items of each source's share, so it is stratified over the sources (the tree's first leaves) and
+disjoint from the seed pool the probe and replay come from; no dev question equals a seed question.
+Only the source benchmarks' dev splits are used; their held-out splits stay unseen.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import argparse
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
-SOURCES = {  # source -> (seed items, eval items); short sources get more, very long ones fewer
-    "mmlu": (160, 50),
-    "mmlu_pro": (100, 30),
-    "medqa": (120, 40),
-    "medmcqa": (160, 50),
-    "pubmedqa": (40, 15),
-    "medxpertqa": (60, 20),
+SOURCES = {  # source -> (seed items, eval items, dev items); short sources get more, very long ones fewer
+    "mmlu": (160, 50, 24),
+    "mmlu_pro": (100, 30, 15),
+    "medqa": (120, 40, 18),
+    "medmcqa": (160, 50, 24),
+    "pubmedqa": (40, 15, 6),
+    "medxpertqa": (60, 20, 9),
 }
 
 
@@ -47,7 +51,9 @@ def main() -> None:
     seed, evals = [], []
     seed_keys: set[str] = set()
     eval_keys: set[str] = set()
-    for source, (n_seed, n_eval) in SOURCES.items():
+    dev: list[dict] = []
+    seed_of: dict[str, list[dict]] = {}
+    for source, (n_seed, n_eval, _) in SOURCES.items():
         rows = [json.loads(l) for l in open(args.src / f"{source}_dev.jsonl", encoding="utf-8") if l.strip()]
         rows.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
         s, e = [], []
@@ -72,19 +78,28 @@ def main() -> None:
                 break
         seed += s
         evals += e
+        seed_of[source] = s
 
+    # The dev split: the last n_dev seed items of each source whose question no other seed item repeats.
+    repeats = Counter(norm(r["question"]) for r in seed)
+    for source, (_, _, n_dev) in SOURCES.items():
+        picked = [r for r in reversed(seed_of[source]) if repeats[norm(r["question"])] == 1][:n_dev]
+        dev += picked[::-1]
     seed_grams: set[tuple[str, ...]] = set()
-    for r in seed:
+    for r in seed:  # seed and dev items alike
         seed_grams |= ngrams(item_text(r))
+    dev_ids = {r["id"] for r in dev}
+    seed = [r for r in seed if r["id"] not in dev_ids]
     clean_eval = [r for r in evals if not (ngrams(item_text(r)) & seed_grams)]
     dropped = len(evals) - len(clean_eval)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("seed.jsonl", seed), ("eval.jsonl", clean_eval)):
+    for name, rows in (("seed.jsonl", seed), ("eval.jsonl", clean_eval), ("dev.jsonl", dev)):
         with open(args.out / name, "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    print(f"seed: {len(seed)} items, eval: {len(clean_eval)} items ({dropped} eval items dropped for 13-gram overlap)")
+    print(f"seed: {len(seed)} items, dev: {len(dev)} items, eval: {len(clean_eval)} items "
+          f"({dropped} eval items dropped for 13-gram overlap)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,23 @@ from tests.testing_utils import make_tiny_encoder, make_tiny_llama
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clinical"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_score_cache(tmp_path_factory):
+    """The suite's scores (eval.score_cache) in a folder of its own, for this process and its children:
+    never the user's cache, and nothing a later test session could reuse."""
+    import os
+
+    from eval.score_cache import SCORE_CACHE_ENV
+
+    old = os.environ.get(SCORE_CACHE_ENV)
+    os.environ[SCORE_CACHE_ENV] = str(tmp_path_factory.mktemp("scores"))
+    yield
+    if old is None:
+        os.environ.pop(SCORE_CACHE_ENV, None)
+    else:
+        os.environ[SCORE_CACHE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The real SmolLM2-135M-Instruct as a safetensors folder (converted from the GGUF once per cache)."""

@@ -109,7 +109,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, models_server, tin
     assert "--kv-teachers  minilm  on encoder: " in out and "all-MiniLM-L6-v2" in out
     assert "seed pool: " in out and "eval set: " in out
     assert "devices: CPU only" in out or "CUDA device" in out
-    assert "stages per iteration: infer → analyze → generate → validate → label → train → evaluate" in out
+    assert "stages per iteration: infer → analyze → generate → validate → label → train → gate → evaluate" in out
     assert "budget (items generated) 5" in out
     assert not run.exists()
 

@@ -93,11 +93,13 @@ def distill(
     config: KDConfig,
     logits_dir: str | os.PathLike | None = None,
     teacher_path: str | os.PathLike | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train the student at ``student_path`` on ``items`` and save it (full model or LoRA adapter, plus
     tokenizer and ``distill_metrics.json``) atomically into ``output_dir``.
 
-    ``logits_dir`` / ``teacher_path`` override the config's ``logits_dir`` / ``teacher_model``. The
+    ``logits_dir`` / ``teacher_path`` override the config's ``logits_dir`` / ``teacher_model``;
+    ``callbacks`` are TrainerCallbacks (e.g. ``training.selection.BestEpochCallback``). The
     trainer runs with ``output_dir`` set to a temporary sibling folder that is renamed into place at the
     end, so ``config.output_dir`` is not used. With no items the student is saved unchanged (steps 0).
     Returns ``steps, items, mode, tokens, train_time, train_loss, ce_loss, kd_loss, total_loss, lora,
@@ -152,6 +154,7 @@ def distill(
                 str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer,
                 kv_conversations=conversations,
                 kv_tags={item.id: item.source for item in items} if conversations else None,
+                callbacks=list(callbacks) or None,
             )
             result = trainer.train()
             trainer.save_model(str(tmp))

@@ -38,6 +38,7 @@ class PoolConfig:
 
     seed_per_skill: int = field(default=24, metadata={"help": "Seed-pool items per skill (probe, replay, exemplars)."})
     eval_per_skill: int = field(default=12, metadata={"help": "Held-out eval items per skill."})
+    dev_per_skill: int = field(default=8, metadata={"help": "Dev-split items per skill (model selection: the loop's acceptance gate)."})
     seed: int = field(default=0, metadata={"help": "Seed of every draw."})
 
 
@@ -105,12 +106,15 @@ def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = fr
 
 
 def build_pools(config: PoolConfig | None = None, skills: Sequence[Skill] = SKILLS) -> dict[str, list[MCQItem]]:
-    """{"eval": [...], "seed": [...]}: eval drawn first, then seed items that repeat no eval question."""
+    """{"eval": [...], "seed": [...], "dev": [...]}: eval drawn first, then seed items that repeat no eval
+    question, then dev items that repeat neither (drawn last, so the seed and eval pools do not depend on it)."""
     config = config or PoolConfig()
     eval_items = [it for s in skills for it in draw_items(s, "eval", config.eval_per_skill, config.seed)]
     held_out = {it.question for it in eval_items}
     seed_items = [it for s in skills for it in draw_items(s, "seed", config.seed_per_skill, config.seed, held_out)]
-    return {"eval": eval_items, "seed": seed_items}
+    held_out |= {it.question for it in seed_items}
+    dev_items = [it for s in skills for it in draw_items(s, "dev", config.dev_per_skill, config.seed, held_out)]
+    return {"eval": eval_items, "seed": seed_items, "dev": dev_items}
 
 
 def training_problems(n_per_skill: int, seed: int, exclude: Iterable[str], skills: Sequence[Skill] = SKILLS,
@@ -146,7 +150,7 @@ VERIFIER = "data.arithmetic.verify:verify_item"  # the domain's verifier (data.v
 def domain_yaml() -> str:
     """The preset's domain.yaml: names, files and every node's description."""
     body = {"name": ROOT_NAME, "root": ROOT_NAME, "description": DESCRIPTION, "seed_files": ["seed.jsonl"],
-            "eval_files": ["eval.jsonl"], "answer_mode": "generate", "answer_max_tokens": ANSWER_MAX_TOKENS,
+            "eval_files": ["eval.jsonl"], "dev_files": ["dev.jsonl"], "answer_mode": "generate", "answer_max_tokens": ANSWER_MAX_TOKENS,
             "verifier": VERIFIER, "node_descriptions": tree_descriptions()}
     header = ("# A domain preset: what `--domain arithmetic` loads. Written, with seed.jsonl and eval.jsonl, by\n"
               "# `python -m data.arithmetic.build` (deterministic; README.md beside this file). Answered in\n"
@@ -160,11 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="folder for seed.jsonl, eval.jsonl and domain.yaml (default: this package)")
     parser.add_argument("--seed-per-skill", type=int, default=PoolConfig.seed_per_skill)
     parser.add_argument("--eval-per-skill", type=int, default=PoolConfig.eval_per_skill)
+    parser.add_argument("--dev-per-skill", type=int, default=PoolConfig.dev_per_skill)
     parser.add_argument("--seed", type=int, default=PoolConfig.seed)
     args = parser.parse_args(argv)
-    if args.seed_per_skill < 1 or args.eval_per_skill < 1:
-        parser.error("--seed-per-skill and --eval-per-skill must be >= 1")
-    pools = build_pools(PoolConfig(args.seed_per_skill, args.eval_per_skill, args.seed))
+    if min(args.seed_per_skill, args.eval_per_skill, args.dev_per_skill) < 1:
+        parser.error("--seed-per-skill, --eval-per-skill and --dev-per-skill must be >= 1")
+    pools = build_pools(PoolConfig(seed_per_skill=args.seed_per_skill, eval_per_skill=args.eval_per_skill,
+                                  dev_per_skill=args.dev_per_skill, seed=args.seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, items in pools.items():
