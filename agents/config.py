@@ -23,6 +23,7 @@ from eval.tracking import parse_report_to
 from synth.verify import ON_UNKNOWN, ON_WRONG
 
 ENGINES = ("auto", "transformers", "vllm")
+REHEARSAL_TARGETS = ("teacher", "student")  # whose top-k log-probs the rehearsal items are distilled towards
 
 
 def schedulers() -> tuple[str, ...]:
@@ -70,6 +71,7 @@ class LoopConfig:
     verifier_on_wrong: str = field(default="rekey", metadata={"help": "A key the verifier finds wrong: rekey (to the option stating the right answer, where one does; else reject) or reject."})
     verifier_unknown: str = field(default="keep", metadata={"help": "An item the verifier cannot judge: keep (the agents decide) or reject."})
     replay: int = field(default=16, metadata={"help": "Targeted replay: seed-pool items of the weakest nodes first (never probe, dev or eval items) mixed into each training set."})
+    rehearsal_target: str = field(default="teacher", metadata={"help": "KD target of the rehearsal items: teacher (its top-k, like every item) or student (the current student's own top-k: a KL term that keeps it where it was on them, learning without forgetting; needs one tokenizer for both)."})
     rehearsal: int = field(default=16, metadata={"help": "Rehearsal: more seed-pool items, stratified over all of the tree's leaves (never probe, dev, eval or replay items), so that the skills the student has are trained too."})
     top_k: int = field(default=32, metadata={"help": "Teacher log-probs stored per token (sparse top-k)."})
     alpha: float = field(default=0.5, metadata={"help": "Weight of the KD term: loss = alpha * KD + (1 - alpha) * CE."})
@@ -120,6 +122,7 @@ class LoopConfig:
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
             (self.rehearsal >= 0, "rehearsal must be >= 0"),
+            (self.rehearsal_target in REHEARSAL_TARGETS, f"rehearsal_target must be one of {', '.join(REHEARSAL_TARGETS)}"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
             (self.lr_scheduler_type in schedulers(), f"lr_scheduler_type must be one of {', '.join(schedulers())}"),
             (self.gate in GATE_RULES, f"gate must be one of {', '.join(GATE_RULES)}"),

@@ -308,6 +308,9 @@ def label_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any], li
     values = {"teacher": c.teacher, "top_k": c.top_k, "replay": c.replay, "seed": c.seed, **_answer_mode(ctx)}
     if c.rehearsal:  # only then: runs made before rehearsal keep their fingerprints
         values["rehearsal"] = c.rehearsal
+        if c.rehearsal_target != "teacher":
+            values |= {"rehearsal_target": c.rehearsal_target, "student": state["student"]}
+            paths += _model_inputs(state["student"])
     if ctx.verifier_spec and ctx.domain.answer_mode == "generate":  # it checks the worked solutions
         values["verifier"] = ctx.verifier_spec
     if c.label_teacher:  # only then: runs made before the option keep their fingerprints
@@ -347,7 +350,14 @@ def label(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     atomic_write_json(out / "composition.json", composition)
     if not items:
         return {"items": 0, "generated": 0, "replay": 0, "rehearsal": 0, "tokens": 0, "bytes_per_token": None, **solved}
-    stats = extract_teacher_logits(ctx.engines.get(c.label_spec), items, out, k=c.top_k)
+    source = ctx.engines.get(c.label_spec)
+    if c.rehearsal_target == "student" and rehearsal:  # learning without forgetting on the rehearsal items
+        from training.mcq_data import tokenize_items
+        from training.teacher_logits import RoutedTopK, sequence_hash
+
+        rows = tokenize_items(rehearsal, source.tokenizer)
+        source = RoutedTopK(source, ctx.engines.get(state["student"]), {sequence_hash(r["input_ids"]) for r in rows})
+    stats = extract_teacher_logits(source, items, out, k=c.top_k)
     return {"items": len(items), "generated": len(accepted), "replay": len(replay), "rehearsal": len(rehearsal), **solved, **stats}
 
 
@@ -421,7 +431,7 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         temperature=c.temperature,
         num_train_epochs=c.train_epochs,
         learning_rate=c.learning_rate,
-        warmup_ratio=c.warmup_ratio,
+        warmup_steps=c.warmup_ratio,  # transformers 5: a float in [0, 1) is a share of the steps
         lr_scheduler_type=c.lr_scheduler_type,
         report_to=c.trackers or "none",
         per_device_train_batch_size=c.train_batch_size // processes,  # the same examples per optimizer step

@@ -269,3 +269,36 @@ def test_tensorboard_gets_the_stage_figures(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("gate/after")] == [(1, 0.25), (2, 0.75)]
     assert [e.value for e in events.Scalars("gate/adopted")] == [0.0, 1.0]
+
+
+def test_routed_top_k_takes_the_routed_sequences_from_the_other_engine():
+    import numpy as np
+
+    from training.teacher_logits import RoutedTopK, sequence_hash
+
+    class Vocab:
+        def __init__(self, words):
+            self.words = words
+
+        def get_vocab(self):
+            return self.words
+
+    class Fixed:
+        """Top-k of every position: ids all equal to ``mark``."""
+
+        def __init__(self, mark, vocab):
+            self.mark, self.tokenizer, self.name, self.calls = mark, Vocab(vocab), f"m{mark}", []
+
+        def topk_logprobs(self, sequences, k):
+            self.calls.append(len(sequences))
+            return [(np.full((len(s) - 1, k), self.mark, np.int32), np.zeros((len(s) - 1, k), np.float32)) for s in sequences]
+
+    teacher, student = Fixed(1, {"a": 0}), Fixed(2, {"a": 0})
+    seqs = [[5, 6, 7], [8, 9], [5, 6, 7, 8]]
+    routed = RoutedTopK(teacher, student, {sequence_hash(seqs[1])})
+    out = routed.topk_logprobs(seqs, 3)
+    assert [int(ids[0, 0]) for ids, _ in out] == [1, 2, 1] and [ids.shape[0] for ids, _ in out] == [2, 1, 3]
+    assert (teacher.calls, student.calls) == ([2], [1])
+    assert RoutedTopK(teacher, student, set()).topk_logprobs(seqs, 1) and student.calls == [1]  # nothing routed: not asked
+    with pytest.raises(ValueError, match="does not share the tokenizer"):
+        RoutedTopK(teacher, Fixed(3, {"b": 0}), set())

@@ -51,6 +51,27 @@ def completion_positions(labels: Sequence[int]) -> np.ndarray:
     return np.nonzero(labels[1:] != -100)[0] + 1
 
 
+class RoutedTopK:
+    """The ``topk_logprobs`` of ``engine``, except for the sequences in ``route`` (``sequence_hash``es),
+    whose top-k come from ``other``: e.g. the previous student's distribution on rehearsal items
+    (learning without forgetting: the KD term on them keeps the student where it was) and the teacher's
+    on the rest. Both must share one tokenizer, like any source of stored logits."""
+
+    def __init__(self, engine: Any, other: Any, route: set[str]) -> None:
+        mine, theirs = getattr(engine, "tokenizer", None), getattr(other, "tokenizer", None)
+        if mine is None or theirs is None or mine.get_vocab() != theirs.get_vocab():
+            raise ValueError(f"{getattr(other, 'name', other)!r} does not share the tokenizer of {getattr(engine, 'name', engine)!r}; "
+                             "stored logits from both need one vocabulary")
+        self.engine, self.other, self.route, self.tokenizer = engine, other, set(route), mine
+        self.name = f"{getattr(engine, 'name', engine)} (and {getattr(other, 'name', other)} on {len(self.route)} sequences)"
+
+    def topk_logprobs(self, sequences: Sequence[Sequence[int]], k: int) -> list:
+        routed = [sequence_hash(s) in self.route for s in sequences]
+        own = iter(self.engine.topk_logprobs([s for s, r in zip(sequences, routed) if not r], k) if not all(routed) else [])
+        other = iter(self.other.topk_logprobs([s for s, r in zip(sequences, routed) if r], k) if any(routed) else [])
+        return [next(other) if r else next(own) for r in routed]
+
+
 def _tokenizer_of(engine: Any, tokenizer: Any) -> Any:
     if tokenizer is None:
         tokenizer = getattr(engine, "tokenizer", None)
