@@ -31,9 +31,7 @@ import argparse
 import itertools
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -52,20 +50,13 @@ def run_loop(run_dir: Path, arm: str, seed: int, args: argparse.Namespace) -> No
     done = run_dir / f"iteration_{args.iterations}" / "G_eval" / ".done.json"
     if done.is_file():
         return
-    cmd = [sys.executable, "-m", "agents.loop", "--domain", "arithmetic", "--teacher", args.teacher, "--student", args.student,
-           "--iterations", str(args.iterations), "--budget", "0" if arm == "replay" else str(args.budget),
-           "--allocation", "uniform" if arm == "uniform" else "weakness", "--replay", str(args.replay), "--seed", str(seed),
-           "--run-dir", str(run_dir), *args.loop_args]
-    if run_dir.exists():
-        cmd = [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), "--resume"]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{run_dir.name}.log"
-    print(f"{arm} seed {seed}: {' '.join(cmd[1:])}  (log: {log})", flush=True)
-    with log.open("a") as f:
-        proc = subprocess.run(cmd, check=False, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit(f"{arm} seed {seed} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+    options = ["--domain", "arithmetic", "--teacher", args.teacher, "--student", args.student,
+               "--iterations", str(args.iterations), "--budget", "0" if arm == "replay" else str(args.budget),
+               "--allocation", "uniform" if arm == "uniform" else "weakness", "--replay", str(args.replay), "--seed", str(seed),
+               *args.loop_args]
+    from benchmarks.harness import run_loop_logged
+
+    run_loop_logged(run_dir, options, f"{arm} seed {seed}", ROOT)
 
 
 def _replies(path: Path) -> list[dict[str, Any]]:
@@ -161,10 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=32, help="items generated per iteration (default 32, the loop's)")
     parser.add_argument("--replay", type=int, default=32, help="replayed seed items per iteration (default 32, the loop's)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default {','.join(ARMS)})")
-    parser.add_argument("--teacher", default="scratch:arithmetic/teacher", help="(default scratch:arithmetic/teacher)")
-    parser.add_argument("--student", default="scratch:arithmetic/student", help="(default scratch:arithmetic/student)")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "bench_allocation"), help="folder of the runs (default runs/bench_allocation)")
-    parser.add_argument("loop_args", nargs=argparse.REMAINDER, help="after --: more python -m agents.loop options, the same for every run")
+    from benchmarks.harness import add_loop_run_args
+
+    add_loop_run_args(parser, ROOT / "runs" / "bench_allocation")
     args = parser.parse_args(argv)
     args.loop_args = [a for a in args.loop_args if a != "--"]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -30,10 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,18 +61,9 @@ def run_loop(run_dir: Path, options: list[str], iterations: int) -> None:
     """One loop run (resumed when its folder exists); its output goes to <run>.log beside it."""
     if (run_dir / f"iteration_{iterations}" / "G_eval" / ".done.json").is_file():
         return
-    if run_dir.exists():
-        cmd = [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), "--resume"]
-    else:
-        cmd = [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), "--iterations", str(iterations), *options]
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{run_dir.name}.log"
-    print(f"{run_dir.name}: {' '.join(cmd[3:])}  (log: {log})", flush=True)
-    with log.open("a") as f:
-        proc = subprocess.run(cmd, check=False, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit(f"{run_dir.name} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+    from benchmarks.harness import run_loop_logged
+
+    run_loop_logged(run_dir, ["--iterations", str(iterations), *options], run_dir.name, ROOT)
 
 
 def summary(run_dir: Path, iteration: int, folder: str) -> dict[str, Any]:
@@ -209,10 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-ratio", type=float, default=0.1, help="(default 0.1)")
     parser.add_argument("--lr-scheduler-type", default="cosine", help="(default cosine)")
     parser.add_argument("--train-epochs", type=float, default=2.0, help="(default 2)")
-    parser.add_argument("--teacher", default="scratch:arithmetic/teacher", help="(default scratch:arithmetic/teacher)")
-    parser.add_argument("--student", default="scratch:arithmetic/student", help="(default scratch:arithmetic/student)")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "bench_update"), help="folder of the runs (default runs/bench_update)")
-    parser.add_argument("loop_args", nargs=argparse.REMAINDER, help="after --: more python -m agents.loop options, the same for every run")
+    from benchmarks.harness import add_loop_run_args
+
+    add_loop_run_args(parser, ROOT / "runs" / "bench_update")
     args = parser.parse_args(argv)
     args.loop_args = [a for a in args.loop_args if a != "--"]
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.phase == "sweep" else "0,1,2,3,4")).split(",") if s.strip()]

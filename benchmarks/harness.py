@@ -8,6 +8,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,3 +99,31 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()))
     Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
+
+
+def run_loop_logged(run_dir: Path, options: list[str], label: str, cwd: Path) -> None:
+    """``python -m agents.loop --run-dir RUN options...`` (``--resume`` when the folder exists), its output
+    appended to ``<run>.log`` beside it; a failure stops the benchmark with the log's last lines."""
+    if run_dir.exists():
+        cmd = [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), "--resume"]
+    else:
+        cmd = [sys.executable, "-m", "agents.loop", "--run-dir", str(run_dir), *options]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    print(f"{label}: {' '.join(cmd[3:])}  (log: {log})", flush=True)
+    with log.open("a") as f:
+        proc = subprocess.run(cmd, check=False, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{label} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def add_loop_run_args(parser: Any, out: Path) -> None:
+    """The options every benchmark of whole loop runs on arithmetic shares: its models, its runs'
+    folder, and loop options passed through after ``--``."""
+    import argparse
+
+    parser.add_argument("--teacher", default="scratch:arithmetic/teacher", help="(default scratch:arithmetic/teacher)")
+    parser.add_argument("--student", default="scratch:arithmetic/student", help="(default scratch:arithmetic/student)")
+    parser.add_argument("--out", default=str(out), help=f"folder of the runs (default {out.relative_to(out.parents[1])})")
+    parser.add_argument("loop_args", nargs=argparse.REMAINDER, help="after --: more python -m agents.loop options, the same for every run")

@@ -3,8 +3,6 @@ the epoch choice, the dev split, rehearsal sampling, the domain's loop defaults 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 from scipy.stats import binomtest

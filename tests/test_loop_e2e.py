@@ -33,6 +33,7 @@ STAGE_FILES = [
     "D_validated_data/rejected.jsonl",
     "E_teacher_logits/index.json",
     "F_student_model/config.json",
+    "G_dev_gate/gate.json",
     "G_eval/metrics.json",
     "G_eval/per_node.csv",
 ]
@@ -200,7 +201,7 @@ def test_default_models_one_iteration(tmp_path, small_domain, smollm2_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [
         "--domain", str(small_domain), "--teacher", "smollm2", "--student", "smollm2?layers=4",
-        "--engine", "transformers", "--probe-size", "8", "--budget", "4", "--replay", "4",
+        "--engine", "transformers", "--probe-size", "8", "--budget", "4", "--replay", "4", "--rehearsal", "4",
         "--train-epochs", "1", "--train-batch-size", "4", "--classify",
     ]
     p = subprocess.run(loop_cmd(tmp_path / "run", *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)

@@ -228,7 +228,8 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "agents.loop", "--domain", "arithmetic", "--teacher", "scratch:arithmetic/teacher",
            "--student", "scratch:arithmetic/student", "--engine", "transformers", "--probe-size", "8", "--budget", str(budget),
-           "--replay", "4", "--eval-size", "26", "--train-epochs", "1", "--train-batch-size", "4", "--run-dir", str(run)]
+           "--replay", "4", "--rehearsal", "4", "--eval-size", "26", "--dev-size", "26", "--train-epochs", "1", "--train-batch-size", "4",
+           "--run-dir", str(run)]
     p = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     it = run / "iteration_1"
@@ -237,7 +238,9 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
     # Generate mode: the items the (tiny, untrained) teacher's worked solution does not solve are set aside.
     replay_set_aside = label["unsolved"] - label["unsolved_generated"] + label["refused_by_verifier"] - label["refused_generated"]
-    assert generate["requested"] == budget and label["replay"] + replay_set_aside == 4
+    assert generate["requested"] == budget and label["replay"] + label["rehearsal"] + replay_set_aside == 8
+    gate = json.loads((it / "G_dev_gate" / "gate.json").read_text())
+    assert gate["n"] == 26 and isinstance(gate["adopted"], bool)  # the dev split, --dev-size of it
     assert (it / "E_teacher_logits" / "refused_solutions.jsonl").is_file()  # the domain's verifier checked the solutions
     if budget == 0:
         assert generate["parsed"] == 0 and label["generated"] == 0
