@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench_allocation import mean_std, paired  # noqa: E402  (the same paired statistics)
 
 ARMS = ("gate", "nogate")
-DEFAULT_GRID = "5e-5:16:16,2e-4:16:16,5e-4:16:16,2e-4:64:64"
+DEFAULT_GRID = "5e-5:16:16,2e-4:16:16,5e-4:16:16,2e-4:64:64,5e-4:64:64"
 
 
 def parse_grid(text: str) -> list[tuple[float, int, int]]:
