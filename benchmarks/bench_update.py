@@ -2,7 +2,7 @@
 
     python -m scratch build                                        # once: the arithmetic teacher and student
     python benchmarks/bench_update.py sweep                        # schedule x data sweep: 3 seeds, 1 iteration
-    python benchmarks/bench_update.py accept --lr 2e-4 ...         # the chosen schedule: 5 seeds x 3 iterations
+    python benchmarks/bench_update.py accept --lr 5e-4 ...         # the chosen schedule: 5 seeds x 3 iterations
     python benchmarks/bench_update.py accept --arms gate,nogate    # and the same without the gate (secondary)
 
 Every run is ``python -m agents.loop --domain arithmetic`` with the scratch teacher and student and no
@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bench_allocation import mean_std, paired  # noqa: E402  (the same paired statistics)
 
 ARMS = ("gate", "nogate")
-DEFAULT_GRID = "5e-5:16:16,2e-4:16:16,5e-4:16:16,2e-4:64:64,5e-4:64:64"
+DEFAULT_GRID = "5e-5:16:16,5e-4:16:16,2e-3:16:16,5e-4:64:64,2e-3:64:64"
 
 
 def parse_grid(text: str) -> list[tuple[float, int, int]]:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", choices=("sweep", "accept"))
     parser.add_argument("--seeds", default="", help="comma-separated loop seeds (default: 0,1,2 for sweep, 0,1,2,3,4 for accept)")
     parser.add_argument("--grid", default=DEFAULT_GRID, help=f"sweep: lr:replay:rehearsal configurations, the first the reference (default {DEFAULT_GRID})")
-    parser.add_argument("--lr", type=float, default=2e-4, help="accept: learning rate (default 2e-4)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="accept: learning rate (default 5e-4)")
     parser.add_argument("--replay", type=int, default=16, help="accept: targeted replay items (default 16)")
     parser.add_argument("--rehearsal", type=int, default=16, help="accept: rehearsal items (default 16)")
     parser.add_argument("--arms", default="gate", help=f"accept: arms among {','.join(ARMS)} (default gate)")
