@@ -12,8 +12,9 @@ That is the floor every generation arm builds on: if it cannot move the student 
 
 ``sweep`` runs each configuration of ``--grid`` (learning rate x replay/rehearsal sizes; warmup, schedule
 and epochs fixed by ``--warmup-ratio --lr-scheduler-type --train-epochs``) for ``--seeds`` (default 3)
-with one iteration and the gate off, so the trained student is measured whatever it is; the endpoint is
-its eval accuracy minus the start's, per configuration mean ± std over seeds, paired against the first
+with one iteration; the trained student is evaluated whatever the gate says (its verdict and dev
+figures are recorded: does the dev split agree with the eval set?); the endpoint is its eval accuracy
+minus the start's, per configuration mean ± std over seeds, paired against the first
 configuration (the loop's former default). ``accept`` runs the chosen configuration for 5 seeds x 3
 iterations with the gate on (arm ``gate``) and, for comparison, off (``nogate``); the endpoint is the
 eval accuracy of the student the run ends with (the last adopted one) minus the start, with its 95%
@@ -114,7 +115,7 @@ def sweep(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict[str, An
     for (cfg, s), run_dir in runs.items():
         lr, replay, rehearsal = cfg
         run_loop(run_dir, [*base_options(args), "--learning-rate", str(lr), "--replay", str(replay), "--rehearsal", str(rehearsal),
-                           "--gate", "off", "--seed", str(s)], 1)
+                           "--seed", str(s)], 1)  # the gate's verdict is recorded; the candidate is evaluated either way
     results = {key: collect(path, 1) for key, path in runs.items()}
     check_same_start(results)
     table, csv_rows = [], []
@@ -125,14 +126,16 @@ def sweep(args: argparse.Namespace, seeds: list[int]) -> tuple[list[dict[str, An
                "after 1 iteration": mean_std([results[(cfg, s)]["candidate"][0] for s in seeds]), "delta": mean_std(deltas),
                "lowest delta": f"{min(deltas):+.3f}",
                "train items": mean_std([float(results[(cfg, s)]["train_items"][0] or 0) for s in seeds]),
-               "epoch kept": ",".join(f"{results[(cfg, s)]['best_epoch'][0]}" for s in seeds)}
+               "epoch kept": ",".join(f"{results[(cfg, s)]['best_epoch'][0]}" for s in seeds),
+               "dev delta": mean_std([(results[(cfg, s)]["dev_after"][0] or 0) - (results[(cfg, s)]["dev_before"][0] or 0) for s in seeds]),
+               "gate adopted": f"{sum(results[(cfg, s)]['adopted'][0] for s in seeds)}/{len(seeds)}"}
         if cfg != base:
             p = paired([results[(cfg, s)]["candidate"][0] for s in seeds], [results[(base, s)]["candidate"][0] for s in seeds])
             row[f"vs {config_name(*base)} [95% CI], t p"] = f"{p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}], {p['t_p']:.3f}"
         table.append(row)
         for s in seeds:
             r = results[(cfg, s)]
-            csv_rows.append({"phase": "sweep", "config": config_name(*cfg), "arm": "nogate", "seed": s, "iteration": 1,
+            csv_rows.append({"phase": "sweep", "config": config_name(*cfg), "arm": "gate", "seed": s, "iteration": 1,
                              "learning_rate": cfg[0], "replay": cfg[1], "rehearsal": cfg[2], "warmup_ratio": args.warmup_ratio,
                              "lr_scheduler_type": args.lr_scheduler_type, "train_epochs": args.train_epochs,
                              "start_acc": r["acc"][0], "eval_acc": r["acc"][1], "candidate_acc": r["candidate"][0],

@@ -145,13 +145,17 @@ def tree_descriptions() -> dict[str, str]:
 # tokenizer; the rest of the budget is slack for a model that rambles before it stops.
 ANSWER_MAX_TOKENS = 192
 VERIFIER = "data.arithmetic.verify:verify_item"  # the domain's verifier (data.verification)
+# The loop options this domain runs with unless the user sets them (domain.yaml loop_defaults): the
+# training schedule chosen by the sweep of benchmarks/bench_update.py (docs/update.md, results/update.csv).
+LOOP_DEFAULTS: dict[str, object] = {}
 
 
 def domain_yaml() -> str:
     """The preset's domain.yaml: names, files and every node's description."""
     body = {"name": ROOT_NAME, "root": ROOT_NAME, "description": DESCRIPTION, "seed_files": ["seed.jsonl"],
             "eval_files": ["eval.jsonl"], "dev_files": ["dev.jsonl"], "answer_mode": "generate", "answer_max_tokens": ANSWER_MAX_TOKENS,
-            "verifier": VERIFIER, "node_descriptions": tree_descriptions()}
+            "verifier": VERIFIER, **({"loop_defaults": LOOP_DEFAULTS} if LOOP_DEFAULTS else {}),
+            "node_descriptions": tree_descriptions()}
     header = ("# A domain preset: what `--domain arithmetic` loads. Written, with seed.jsonl and eval.jsonl, by\n"
               "# `python -m data.arithmetic.build` (deterministic; README.md beside this file). Answered in\n"
               "# generate mode: a worked solution, column by column, then the answer (scratch.tasks says why).\n"
