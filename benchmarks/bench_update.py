@@ -201,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-epochs", type=float, default=2.0, help="(default 2)")
     from benchmarks.harness import add_loop_run_args
 
-    add_loop_run_args(parser, ROOT / "runs" / "bench_update")
-    args = parser.parse_args(argv)
-    args.loop_args = [a for a in args.loop_args if a != "--"]
+    add_loop_run_args(parser, ROOT / "runs" / "bench_update", remainder=False)
+    parser.epilog = "More python -m agents.loop options, the same for every run, go after --."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # loop options only after "--" (REMAINDER would take
+    args = parser.parse_args(argv[:cut])                     # every option given after the phase)
+    args.loop_args = argv[cut + 1:]
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.phase == "sweep" else "0,1,2,3,4")).split(",") if s.strip()]
     try:
         parse_grid(args.grid)

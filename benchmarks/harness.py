@@ -118,12 +118,15 @@ def run_loop_logged(run_dir: Path, options: list[str], label: str, cwd: Path) ->
         raise SystemExit(f"{label} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
 
 
-def add_loop_run_args(parser: Any, out: Path) -> None:
+def add_loop_run_args(parser: Any, out: Path, remainder: bool = True) -> None:
     """The options every benchmark of whole loop runs on arithmetic shares: its models, its runs'
-    folder, and loop options passed through after ``--``."""
+    folder, and loop options passed through after ``--`` (``remainder=False``: the caller splits its
+    arguments at ``--`` itself, as a parser with a positional must, or REMAINDER takes every option
+    given after the positional)."""
     import argparse
 
     parser.add_argument("--teacher", default="scratch:arithmetic/teacher", help="(default scratch:arithmetic/teacher)")
     parser.add_argument("--student", default="scratch:arithmetic/student", help="(default scratch:arithmetic/student)")
     parser.add_argument("--out", default=str(out), help=f"folder of the runs (default {out.relative_to(out.parents[1])})")
-    parser.add_argument("loop_args", nargs=argparse.REMAINDER, help="after --: more python -m agents.loop options, the same for every run")
+    if remainder:
+        parser.add_argument("loop_args", nargs=argparse.REMAINDER, help="after --: more python -m agents.loop options, the same for every run")

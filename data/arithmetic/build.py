@@ -147,7 +147,8 @@ ANSWER_MAX_TOKENS = 192
 VERIFIER = "data.arithmetic.verify:verify_item"  # the domain's verifier (data.verification)
 # The loop options this domain runs with unless the user sets them (domain.yaml loop_defaults): the
 # training schedule chosen by the sweep of benchmarks/bench_update.py (docs/update.md, results/update.csv).
-LOOP_DEFAULTS: dict[str, object] = {}
+LOOP_DEFAULTS: dict[str, object] = {"learning_rate": 5e-5, "warmup_ratio": 0.1, "lr_scheduler_type": "cosine",
+                                    "replay": 16, "rehearsal": 16}
 
 
 def domain_yaml() -> str:
