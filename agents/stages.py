@@ -476,14 +476,16 @@ class _DevSelection:
         self.ctx, self.tokenizer = ctx, tokenizer
         self.best_replies: list = []
         self._best = -1.0
+        self._engine: Any = None  # wrapped once: the trainer keeps the same model object across epochs
 
     def __call__(self, model: Any) -> float:
         from engines.hf_engine import TransformersEngine
         from eval.mcq import score_items
 
         c = self.ctx.config
-        engine = TransformersEngine.wrap(model, self.tokenizer, name="student in training", batch_size=c.batch_size, threads=c.threads)
-        result = score_items(engine, self.ctx.dev_items, mode=self.ctx.domain.answer_mode, max_new_tokens=self.ctx.domain.answer_max_tokens)
+        if self._engine is None or self._engine.model is not model:
+            self._engine = TransformersEngine.wrap(model, self.tokenizer, name="student in training", batch_size=c.batch_size, threads=c.threads)
+        result = score_items(self._engine, self.ctx.dev_items, mode=self.ctx.domain.answer_mode, max_new_tokens=self.ctx.domain.answer_max_tokens)
         accuracy = result.accuracy or 0.0
         if accuracy >= self._best:  # ties keep the later epoch, as BestEpochCallback does
             self._best, self.best_replies = accuracy, result.replies

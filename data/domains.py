@@ -58,8 +58,9 @@ class Domain:
         if not self.dev_files:
             return []
         items = read_items(self.dev_files)
-        others = {it.id: "seed" for it in self.seed_items()} | {it.id: "eval" for it in self.eval_items()}
-        questions = {it.question.strip().lower() for it in (*self.seed_items(), *self.eval_items())}
+        seed, evals = self.seed_items(), self.eval_items()
+        others = {it.id: "seed" for it in seed} | {it.id: "eval" for it in evals}
+        questions = {it.question.strip().lower() for it in (*seed, *evals)}
         for item in items:
             where = others.get(item.id) or ("seed/eval" if item.question.strip().lower() in questions else "")
             if where:
