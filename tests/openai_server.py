@@ -58,6 +58,7 @@ def serve(backend: Any, fail_first: int = 0, delay_s: float = 0.0, port: int = 0
                     return self._reply(503, {"error": "overloaded"})
                 state["in_flight"] += 1
                 state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+            counted = True
             try:
                 time.sleep(delay_s)
                 chat = self.path.endswith("/chat/completions")
@@ -77,6 +78,11 @@ def serve(backend: Any, fail_first: int = 0, delay_s: float = 0.0, port: int = 0
                         choice = {"message": {"content": c.text}} if chat else {"text": c.text}
                         choice["finish_reason"] = c.finish_reason
                         tokens = c.num_tokens
+                # Out of flight before the reply leaves: the client may send its next request as soon as
+                # it reads this one, and counting both would see one more in flight than it ever had.
+                with lock:
+                    state["in_flight"] -= 1
+                    counted = False
                 self._reply(200, {"choices": [choice], "usage": {"completion_tokens": tokens}})
                 request_id = self.headers.get("X-Request-Id", "")
                 with lock:
@@ -84,8 +90,9 @@ def serve(backend: Any, fail_first: int = 0, delay_s: float = 0.0, port: int = 0
                 if on_answer is not None:
                     on_answer(request_id)
             finally:
-                with lock:
-                    state["in_flight"] -= 1
+                if counted:
+                    with lock:
+                        state["in_flight"] -= 1
 
     server = _Server(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
