@@ -94,10 +94,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table()  # printed at full width: a narrow terminal must not cut the column names
-    for k in rows[0]:
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # rows may hold different keys: each in its own column
+    for k in columns:
         table.add_column(k)
     for r in rows:
-        table.add_row(*(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()))
+        table.add_row(*("" if k not in r else f"{r[k]:.1f}" if isinstance(r[k], float) else str(r[k]) for k in columns))
     Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
 
 

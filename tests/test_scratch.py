@@ -285,3 +285,16 @@ def test_allocation_bench_counts_accepted_keys_by_the_domains_arithmetic(tmp_pat
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert key_counts(path) == {"right": 1, "wrong": 1, "unread": 1}
     assert key_counts(tmp_path / "none.jsonl") == {"right": 0, "wrong": 0, "unread": 0}
+
+
+def test_bench_table_puts_each_figure_under_its_own_column(capsys):
+    """Rows with different keys (iteration 0 has no p-value; a secondary row has only some) must not
+    shift a figure under another column's name."""
+    from benchmarks.harness import print_table
+
+    print_table([{"arm": "gate", "iteration": 0}, {"arm": "gate", "iteration": 1, "p": "0.025"}, {"arm": "secondary", "p": "0.120"}])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "│" in line or "┃" in line]
+    header = [c.strip() for c in lines[0].strip("┃").split("┃")]
+    assert header == ["arm", "iteration", "p"]
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in lines[1:]]
+    assert cells == [["gate", "0", ""], ["gate", "1", "0.025"], ["secondary", "", "0.120"]]
