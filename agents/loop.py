@@ -10,7 +10,9 @@ Each stage writes its outputs into the run directory atomically; the LangGraph S
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import signal
 import sqlite3
 import sys
 import time
@@ -38,6 +40,15 @@ class UsageError(Exception):
     """A mistake in how the loop was invoked: printed as one line, exit code 2."""
 
 
+class Stopped(BaseException):  # not Exception: no `except Exception` in a stage may swallow it
+    """SIGTERM (what a scheduler sends) arrived: unwound like an error, so locks and engines are released
+    and the finished stages stay, exactly as after a kill; the run continues with --resume."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig, RunDir]:
     """Decide the run dir and the config in force (a resumed run uses its stored config.yaml)."""
     root = Path(config.run_dir) if config.run_dir else config.default_run_dir()
@@ -45,7 +56,17 @@ def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig,
     if config.resume:
         if not run.config_file.is_file():
             raise UsageError(f"--resume: {run.config_file} not found; start the run without --resume first")
-        stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
+        try:
+            stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{run.config_file}:{mark.line + 1}" if mark is not None else str(run.config_file)
+            raise UsageError(f"--resume: {where}: not a readable YAML file ({getattr(e, 'problem', None) or e})") from None
+        if not isinstance(stored, dict):
+            raise UsageError(f"--resume: {run.config_file}: not the options of a run (expected a mapping)")
+        unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(LoopConfig)})
+        if unknown:
+            raise UsageError(f"--resume: {run.config_file}: unknown option(s) {', '.join(unknown)} (written by another version?)")
         stored["run_dir"] = str(root)
         changed = sorted(k for k in explicit - {"run_dir"} if stored.get(k) != getattr(config, k))
         if changed:
@@ -54,6 +75,8 @@ def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig,
                 + ", ".join(f"{k} (stored {stored.get(k)!r})" for k in changed)
             )
         return LoopConfig(**stored, resume=True, dry_run=config.dry_run), run
+    if run.root.exists() and not run.root.is_dir():
+        raise UsageError(f"--run-dir: {root} exists and is not a folder; choose another --run-dir")
     if run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
         raise UsageError(f"run directory {root} already exists; continue it with --resume or choose another --run-dir")
     config.run_dir = str(root)
@@ -116,6 +139,12 @@ def _hold_new_run(run: RunDir) -> RunLock:
     return lock
 
 
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     lock: RunLock | None = None
@@ -140,15 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     from training.launch import LaunchError
 
+    resume = f"python -m agents.loop --run-dir {run.root} --resume"
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if _main_thread() else None
     try:
         state = run_loop(config, run)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (Stopped, KeyboardInterrupt) as e:
+        name = str(e) if isinstance(e, Stopped) else "SIGINT"
+        print(f"stopped by {name}; the finished stages are kept; continue with: {resume}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT)
     except LaunchError as e:  # the stages before train are kept: a resumed run starts at train
-        print(f"error: {e}\nthe run stopped in its train stage; fix the cause, then continue: python -m agents.loop --run-dir {run.root} --resume", file=sys.stderr)
+        print(f"error: {e}\nthe run stopped in its train stage; fix the cause, then continue: {resume}", file=sys.stderr)
         return 1
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         lock.release()
     history = state.get("history", [])
     print_summary(run.root, history, total_seconds=time.perf_counter() - t0)

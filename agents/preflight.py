@@ -18,13 +18,12 @@ import yaml
 
 from agents.config import LoopConfig
 from data.domains import Domain
-from data.records import DataError
+from data.records import DataError, check_writable
 from data.run_layout import STAGE_DIRS
-from eval.tracking import missing_trackers
 from data.verification import NO_VERIFIER, load_verifier
 from engines.check import SpecCheck, check_spec
 from engines.spec import SpecError, parse_spec
-
+from eval.tracking import missing_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +102,11 @@ def describe_judges(config: LoopConfig, verifier: str) -> tuple[str, str]:
 
 
 def _check_writable(root: Path) -> None:
-    """The run directory exists as a folder we may write, or its nearest existing parent is one."""
-    probe = root
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise PreflightError(f"--run-dir: {probe} exists and is not a folder; choose another --run-dir")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PreflightError(f"--run-dir: {probe} is not writable by this user; choose another --run-dir")
+    """The run directory can be created and written (``data.records.check_writable``)."""
+    try:
+        check_writable(root, "--run-dir")
+    except DataError as e:
+        raise PreflightError(str(e)) from None
 
 
 def _check_training(config: LoopConfig) -> str:

@@ -7,6 +7,7 @@ small JSON-able summary that goes into the graph state and the report.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -18,14 +19,16 @@ from typing import Any
 
 from agents.context import LoopContext
 from agents.state import LoopState
-from data.splits import stratified
 from data.records import (
+    DataError,
     GeneratedItem,
     MCQItem,
     atomic_write_json,
     read_jsonl,
     write_jsonl,
 )
+from data.run_layout import MARKER
+from data.splits import stratified
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +443,8 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         **train_kv_options(c),
     )
     student = _local_path(state["student"])
+    if not read_jsonl(labels / "items.jsonl"):
+        raise DataError(f"{labels / 'items.jsonl'}: no item to train on in iteration {it}: {_why_no_items(ctx, state)}")
     if c.train_launcher == "accelerate":
         from training.launch import LaunchConfig, launch_distill
 
@@ -466,6 +471,27 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
             # The kept epoch's dev replies are the candidate's: the gate reuses them instead of scoring again.
             ctx.score_cache.put(score_request(ctx, f"hf:{out}", "dev"), ctx.dev_items, scorer.best_replies)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, list)) or v is None}
+
+
+def _why_no_items(ctx: LoopContext, state: LoopState) -> str:
+    """What emptied the training set (the validate and label stages' records) and what to change."""
+    it, c = state["iteration"], ctx.config
+
+    def summary(stage: str) -> dict[str, Any]:
+        marker = ctx.run.stage(it, stage) / MARKER
+        return json.loads(marker.read_text())["summary"] if marker.is_file() else {}
+
+    validated, labelled = summary("validate"), summary("label")
+    if c.budget:
+        why = (f"{validated.get('accepted', 0)} of the {c.budget} items asked of the teacher passed validation "
+               f"(see {ctx.run.stage(it, 'validate') / 'rejected.jsonl'})")
+    else:
+        why = "--budget 0"
+    why += f", --replay {c.replay}, --rehearsal {c.rehearsal}"
+    lost = labelled.get("unsolved", 0) + labelled.get("refused_by_verifier", 0)
+    if lost:
+        why += f"; the teacher's worked solution of all {lost} selected items missed the key or was refused by the verifier"
+    return why + "; start a new run with a larger --budget, --replay or --rehearsal"
 
 
 class _DevSelection:

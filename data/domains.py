@@ -47,17 +47,17 @@ class Domain:
     file: Path | None = None  # the domain.yaml it was read from
 
     def seed_items(self) -> list[MCQItem]:
-        return read_items(self.seed_files)
+        return read_items(self.seed_files, allow_empty=False)  # an empty file listed is a mistake, not a choice
 
     def eval_items(self) -> list[MCQItem]:
-        return read_items(self.eval_files)
+        return read_items(self.eval_files, allow_empty=False)
 
     def dev_items(self) -> list[MCQItem]:
         """The dev split; a DataError names the dev file of an item that repeats a seed or eval item
         (by id or by question): a dev score must not be earned on items the loop trains or reports on."""
         if not self.dev_files:
             return []
-        items = read_items(self.dev_files)
+        items = read_items(self.dev_files, allow_empty=False)
         seed, evals = self.seed_items(), self.eval_items()
         others = {it.id: "seed" for it in seed} | {it.id: "eval" for it in evals}
         questions = {it.question.strip().lower() for it in (*seed, *evals)}

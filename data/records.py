@@ -161,6 +161,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True) -> Path:
+    """Refuse, before any work, an output that could not be written: ``path`` (a folder, or a file when
+    ``folder`` is False) exists as the wrong kind, or cannot be created where it would go. A folder is
+    made and removed in ``path`` or its nearest existing parent, so every reason (missing parent, no
+    permission, a read-only or virtual filesystem such as /proc, where even root cannot write) is found
+    without writing anything that stays. DataError names ``option``."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if folder else "a file"
+        raise DataError(f"{option}: {path} exists and is not {kind}; choose another {option}")
+    probe = path if folder else path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DataError(f"{option}: {probe} exists and is not a folder; choose another {option}")
+    try:
+        Path(tempfile.mkdtemp(prefix=".atkd-write-check-", dir=probe)).rmdir()
+    except OSError as e:
+        raise DataError(f"{option}: cannot create {path} ({e.strerror or e} in {probe}); choose another {option}") from None
+    return path
+
+
 def read_index(file: Path, fmt: str, what: str) -> dict[str, Any]:
     """A JSON index written last as a folder's commit point, checked for its ``format``; DataError names the file."""
     if not file.is_file():
@@ -197,14 +219,14 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[BaseModel | dict]) -> Pa
 class _NumberedLines:
     """The lines of a file, remembering the number of the last one handed out (for error messages)."""
 
-    def __init__(self, lines: Iterable[str]) -> None:
+    def __init__(self, lines: Iterable[str] | Iterable[bytes]) -> None:
         self._lines = iter(lines)
         self.lineno = 0
 
     def __iter__(self) -> Self:
         return self
 
-    def __next__(self) -> str:
+    def __next__(self) -> str | bytes:
         line = next(self._lines)
         self.lineno += 1
         return line
@@ -227,7 +249,7 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     rows: list[Any] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:  # bytes: jsonlines decodes each line, so a bad byte is named by its line
         lines = _NumberedLines(f)
         reader = jsonlines.Reader(lines, loads=_loads)
         while True:
@@ -237,6 +259,8 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T
                 break
             except jsonlines.InvalidLineError as e:
                 cause = e.__cause__
+                if isinstance(cause, UnicodeDecodeError):
+                    raise DataError(f"{path}:{e.lineno}: not UTF-8 text ({cause.reason} at byte {cause.start})") from None
                 if isinstance(cause, json.JSONDecodeError):
                     raise DataError(f"{path}:{e.lineno}: not valid JSON ({cause.msg}, column {cause.colno})") from None
                 raise DataError(f"{path}:{e.lineno}: {e}") from None
@@ -256,13 +280,18 @@ def read_jsonl(path: str | os.PathLike, model: type[T] | Callable[[dict], type[T
 
 
 def read_items(
-    paths: Sequence[str | os.PathLike], model: type[T] | Callable[[dict], type[T]] = MCQItem
+    paths: Sequence[str | os.PathLike], model: type[T] | Callable[[dict], type[T]] = MCQItem, *, allow_empty: bool = True
 ) -> list[MCQItem]:
-    """Read MCQ files (``model`` as in ``read_jsonl``); ids must be unique across them."""
+    """Read MCQ files (``model`` as in ``read_jsonl``); ids must be unique across them. With
+    ``allow_empty=False`` a file without a record is a DataError naming it (a command that needs items
+    would otherwise do nothing and report success)."""
     items: list[MCQItem] = []
     seen: dict[str, Path] = {}
     for p in paths:
-        for item in read_jsonl(p, model):
+        rows = read_jsonl(p, model)
+        if not rows and not allow_empty:
+            raise DataError(f"{p}: no items (the file is empty)")
+        for item in rows:
             if item.id in seen:
                 raise DataError(f"{p}: duplicate id {item.id!r} (also in {seen[item.id]})")
             seen[item.id] = Path(p)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from data.records import DataError, MCQItem, read_items, write_jsonl
+from data.records import DataError, MCQItem, check_writable, read_items, write_jsonl
 from engines.base import Engine
 from engines.smollm2 import ModelNotFoundError
 from eval.mcq import MODES, ScoreResult, assign_nodes, score_items
@@ -173,7 +173,10 @@ def run_mcq(args: argparse.Namespace, metrics: MetricsConfig, console: Console) 
         if not items:
             raise DataError(f"no items in {', '.join(map(str, args.data))}")
         tree = AbilityTree.load(args.tree) if args.tree else None
-        from engines import load_engine  # imports torch/transformers: only once the inputs are known good
+        if args.out:
+            check_writable(args.out, "--out")
+        # torch/transformers are imported only once the inputs are known good
+        from engines import load_engine
 
         engine = load_engine(args.model, engine=args.engine)
     except (DataError, TreeError, ValueError, OSError, ModelNotFoundError) as e:
@@ -200,6 +203,8 @@ def run_compare(args: argparse.Namespace, metrics: MetricsConfig, console: Conso
 
     try:
         summary = compare(load_scored(args.a), load_scored(args.b), metrics)
+        if args.out:
+            check_writable(args.out, "--out")
     except (DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import sys
 
 import scratch.build as build_module
 from data.cli import add_dataclass_options, dataclass_from_args
+from data.records import check_writable
 from scratch.build import ScratchConfig, build
 
 
@@ -22,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = dataclass_from_args(ScratchConfig, args)
-    except ValueError as e:
-        print(f"python -m scratch build: {e}", file=sys.stderr)
+        check_writable(config.output_root(), "--out")
+    except ValueError as e:  # DataError too
+        print(f"error: {e}", file=sys.stderr)
         return 2
     infos = build(config)
     root = config.output_root()

@@ -113,9 +113,12 @@ class ScratchConfig:
         if self.domain != "arithmetic":
             raise ValueError(f"domain: only 'arithmetic' has a model builder, not {self.domain!r}")
         for name in ("teacher_layers", "teacher_hidden", "teacher_steps", "student_layers", "student_hidden", "batch_size",
-                     "solver_layers", "solver_hidden", "solver_steps", "solver_answer_per_skill"):
+                     "solver_layers", "solver_hidden", "solver_steps", "solver_answer_per_skill", "vocab_size", "answer_per_skill",
+                     "generate_per_skill", "critic_per_skill", "diagnose_per_skill", "student_answer_per_skill"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.eval_per_skill < 0:
+            raise ValueError(f"--eval-per-skill must be >= 0 (0: the whole eval pool), got {self.eval_per_skill}")
         if self.learning_rate <= 0 or self.teacher_learning_rate < 0:
             raise ValueError("learning_rate must be > 0 and teacher_learning_rate >= 0 (0: learning_rate)")
         if self.teacher_hidden % 32 or self.student_hidden % 32 or self.solver_hidden % 32:

@@ -27,13 +27,14 @@ from data.records import (
     GeneratedItem,
     MCQItem,
     atomic_write_json,
+    check_writable,
     read_items,
     read_jsonl,
     write_jsonl,
 )
+from data.verification import NO_VERIFIER, load_verifier
 from synth.generate import SynthConfig
 from synth.report import node_table, positions_table, reason_table, summary_line
-from data.verification import NO_VERIFIER, load_verifier
 from synth.validate import ValidationConfig
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Engines:
 
 
 def _check_out(out: Path, force: bool) -> None:
+    check_writable(out, "--out")
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not force:
         raise DataError(f"{out} already holds {', '.join(existing)}; pass --force to overwrite, or choose another --out")
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     from synth.validate import unparsed_requests, validate_items
 
     _check_out(args.out, args.force)
+    engines = Engines(args)  # its options checked now; models are loaded when first used
     domain = get_domain(args.domain)
     vconfig = dataclass_from_args(ValidationConfig, args, seed=args.seed, domain=domain.root)
     solver_specs, critic_spec = _agent_specs(args, vconfig.acceptance)
@@ -128,12 +131,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     unparsed: list[dict[str, Any]] = []
     if args.command == "validate":
         candidates = read_jsonl(args.candidates, GeneratedItem)
+        if not candidates:
+            raise DataError(f"{args.candidates}: no items (the file is empty)")
         report["candidates_file"] = str(args.candidates)
     else:
         added = read_jsonl(args.add_candidates, GeneratedItem) if args.add_candidates else []
         plan = _plan(args, seed_items)
         report.update(teacher=args.teacher, budget=args.budget, allocation=plan["allocation"], added_candidates=len(added))
-    engines = Engines(args)
     try:
         if args.command == "generate":
             from synth.generate import generate_items
@@ -219,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run(args, console)
     except (DataError, TreeError, ModelNotFoundError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}", highlight=False)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     for table in (node_table(report), reason_table(report), positions_table(report)):
         console.print(table)

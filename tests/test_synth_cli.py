@@ -63,7 +63,7 @@ def test_generate_writes_outputs_and_rejects_the_planted_contaminated_item(setup
     # Nothing already written is overwritten without --force.
     before = (out / "report.json").read_bytes()
     assert main(argv) == 2
-    assert "already holds" in capsys.readouterr().out
+    assert "already holds" in capsys.readouterr().err
     assert (out / "report.json").read_bytes() == before
 
 
@@ -83,11 +83,11 @@ def test_bad_input_is_a_clear_error_naming_file_and_line(setup, tmp_path, capsys
     bad = tmp_path / "bad.jsonl"
     bad.write_text(setup["planted"].read_text() + '{"id": "x", "question": \n')
     assert main(["validate", "--candidates", str(bad), "--teacher", "smollm2", "--domain", str(setup["domain"]), "--out", str(tmp_path / "o")]) == 2
-    assert f"{bad}:2" in capsys.readouterr().out
+    assert f"{bad}:2" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(["validate", "--candidates", str(setup["planted"]), "--acceptance", "critic", "--domain", str(setup["domain"]), "--out", str(tmp_path / "o")]) == 2
-    assert "needs a critic" in capsys.readouterr().out
+    assert "needs a critic" in capsys.readouterr().err
     assert main(["validate", "--candidates", str(setup["planted"]), "--teacher", "smollm2", "--verifier", "checks.py:verify",
                  "--domain", str(setup["domain"]), "--out", str(tmp_path / "o")]) == 2
-    assert "--verifier: 'checks.py:verify': file checks.py not found" in capsys.readouterr().out
+    assert "--verifier: 'checks.py:verify': file checks.py not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.records import DataError
 from tests.test_training_teacher_logits import TinyTopKEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,14 +217,21 @@ def test_distill_saves_atomically_and_reports(tmp_path, items, logits_dir, tiny_
     model = AutoModelForCausalLM.from_pretrained(out)  # the adapter loads on its base student
     assert any("lora_" in n for n, _ in model.named_parameters())
 
-    empty = distill(tiny_model_path, [], tmp_path / "unchanged", config)  # nothing to learn: saved as is
-    assert empty["steps"] == 0 and (tmp_path / "unchanged" / "model.safetensors").is_file()
+    with pytest.raises(DataError, match="no training items"):  # a student saved untrained would pass for a trained one
+        distill(tiny_model_path, [], tmp_path / "unchanged", config)
+    assert not (tmp_path / "unchanged").exists()
+    too_long = copy.copy(config)
+    too_long.max_length = 8  # every prompt is longer: every answer would be cut off
+    with pytest.raises(DataError, match="after max_length=8 tokens"):
+        distill(tiny_model_path, items, tmp_path / "cut", too_long)
+    assert not (tmp_path / "cut").exists()
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="holds other files"):
-        distill(tiny_model_path, [], tmp_path / "busy", config)
+    with pytest.raises(ValueError, match="holds other files"):  # refused before training, not after
+        distill(tiny_model_path, items, tmp_path / "busy", config)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
 
 def test_cli(tmp_path, items, tiny_model_path, tiny_teacher_path, capsys):

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.records import DataError, MCQItem, atomic_write_json, usual_mode
+from data.records import (
+    DataError,
+    MCQItem,
+    atomic_write_json,
+    check_writable,
+    usual_mode,
+)
 from engines.smollm2 import ModelNotFoundError
 from engines.spec import SpecError
 from training.kd_config import KDConfig
@@ -63,6 +69,16 @@ def distill_config(output_dir: str, *, lora: bool = False, **overrides: Any) -> 
     return KDConfig(output_dir=output_dir, **distill_overrides(lora=lora, **overrides))
 
 
+def _check_replaceable(dst: Path) -> None:
+    """``dst`` may take the result: absent, not a file, and empty or a previous result (see _replace_dir)."""
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"output_dir {dst} exists and is not a folder; choose an empty or new folder")
+    if dst.is_dir():
+        visible = [p for p in dst.iterdir() if not p.name.startswith(".")]
+        if visible and not (dst / METRICS_FILE).is_file():
+            raise ValueError(f"output_dir {dst} exists and holds other files; choose an empty or new folder")
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Rename the finished folder ``src`` into place as ``dst``.
 
@@ -71,15 +87,27 @@ def _replace_dir(src: Path, dst: Path) -> None:
     refused rather than deleted.
     """
     if dst.is_dir() and any(dst.iterdir()):
-        visible = [p for p in dst.iterdir() if not p.name.startswith(".")]
-        if visible and not (dst / METRICS_FILE).is_file():
-            raise ValueError(f"output_dir {dst} exists and holds other files; choose an empty or new folder")
+        _check_replaceable(dst)
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", suffix=".tmp", dir=dst.parent))
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def _check_answers_fit(rows: Any, max_length: int | None) -> None:
+    """Refuse a training set whose every answer lies past ``max_length`` (the trainer truncates there, so
+    every label would be masked and the run would train on nothing); warn when only some do."""
+    if not max_length:
+        return
+    starts = [next((i for i, label in enumerate(labels) if label != -100), len(labels)) for labels in rows["labels"]]
+    lost = sum(start >= max_length for start in starts)
+    if lost == len(starts):
+        raise DataError(f"every one of the {lost} items' answers starts after max_length={max_length} tokens "
+                        f"(the shortest prompt has {min(starts)}): nothing left to train on; raise --max_length")
+    if lost:
+        logger.warning("%d of %d items lose their whole answer to max_length=%d and teach nothing", lost, len(starts), max_length)
 
 
 def _last_logged(history: list[dict[str, Any]], key: str) -> Any:
@@ -101,7 +129,9 @@ def distill(
     ``logits_dir`` / ``teacher_path`` override the config's ``logits_dir`` / ``teacher_model``;
     ``callbacks`` are TrainerCallbacks (e.g. ``training.selection.BestEpochCallback``). The
     trainer runs with ``output_dir`` set to a temporary sibling folder that is renamed into place at the
-    end, so ``config.output_dir`` is not used. With no items the student is saved unchanged (steps 0).
+    end, so ``config.output_dir`` is not used. No items, or none whose answer starts within
+    ``config.max_length`` tokens, is a DataError raised before anything is written: a student saved
+    unchanged would pass for a trained one.
     Returns ``steps, items, mode, tokens, train_time, train_loss, ce_loss, kd_loss, total_loss, lora,
     output_dir`` and ``<objective>_loss`` for each objective; the losses are the last logged values.
     Works unchanged under ``accelerate launch`` (only the main process writes).
@@ -124,6 +154,14 @@ def distill(
     elif config.kv_dir:
         mode += "+stored-kv"
 
+    if not items:
+        raise DataError("no training items: nothing to train on")
+    _check_replaceable(out)  # before the training, not after it
+    tokenizer = AutoTokenizer.from_pretrained(student_path)
+    rows = build_dataset(items, tokenizer)
+    # keep_start (TRL's default) cuts the end of a long sequence, which is where the answer is.
+    _check_answers_fit(rows, config.max_length if getattr(config, "truncation_mode", "keep_start") == "keep_start" else None)
+
     # Under `accelerate launch` every process runs this function; only the main one writes files. The
     # temporary folder has a fixed name so that all processes hand the same output_dir to the Trainer
     # (which saves from the main process only).
@@ -141,36 +179,30 @@ def distill(
         metrics: dict[str, Any] = {"steps": 0, "items": len(items), "mode": mode, "tokens": 0, "train_time": 0.0,
                                    "train_loss": None, "ce_loss": None, "kd_loss": None, "total_loss": None,
                                    "lora": config.lora_r > 0, "output_dir": str(out), "processes": state.num_processes}
-        if not items:
-            logger.warning("no training items: saving the student from %s unchanged", student_path)
-            if main:
-                shutil.copytree(student_path, tmp, dirs_exist_ok=True)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(student_path)
-            config.output_dir = str(tmp)
-            # KV teachers read each item's conversation, rendered their own way.
-            conversations = {item.id: mcq_conversation(item) for item in items} if (config.kv_teachers or config.kv_dir) else None
-            trainer = KDTrainer(
-                str(student_path), args=config, train_dataset=build_dataset(items, tokenizer), processing_class=tokenizer,
-                kv_conversations=conversations,
-                kv_tags={item.id: item.source for item in items} if conversations else None,
-                callbacks=list(callbacks) or None,
-            )
-            result = trainer.train()
-            trainer.save_model(str(tmp))
-            history = trainer.state.log_history
-            # Every logged component (ce_loss, kd_loss, total_loss, <objective>_loss), last value of each.
-            losses = {key for entry in history for key in entry if key.endswith("_loss") and not key.startswith(("eval_", "train_"))}
-            # And each objective's own figures (kv_mse_k/<teacher>, kv_weight/<teacher>, ...).
-            names = tuple(f"{o.name}_" for o in trainer.objectives)
-            losses |= {key for entry in history for key in entry if names and key.startswith(names)}
-            metrics.update(
-                steps=trainer.state.global_step,
-                tokens=_last_logged(history, "num_tokens") or 0,
-                train_time=result.metrics.get("train_runtime", 0.0),
-                train_loss=result.training_loss,
-                **{key: _last_logged(history, key) for key in sorted(losses)},
-            )
+        config.output_dir = str(tmp)
+        # KV teachers read each item's conversation, rendered their own way.
+        conversations = {item.id: mcq_conversation(item) for item in items} if (config.kv_teachers or config.kv_dir) else None
+        trainer = KDTrainer(
+            str(student_path), args=config, train_dataset=rows, processing_class=tokenizer,
+            kv_conversations=conversations,
+            kv_tags={item.id: item.source for item in items} if conversations else None,
+            callbacks=list(callbacks) or None,
+        )
+        result = trainer.train()
+        trainer.save_model(str(tmp))
+        history = trainer.state.log_history
+        # Every logged component (ce_loss, kd_loss, total_loss, <objective>_loss), last value of each.
+        losses = {key for entry in history for key in entry if key.endswith("_loss") and not key.startswith(("eval_", "train_"))}
+        # And each objective's own figures (kv_mse_k/<teacher>, kv_weight/<teacher>, ...).
+        names = tuple(f"{o.name}_" for o in trainer.objectives)
+        losses |= {key for entry in history for key in entry if names and key.startswith(names)}
+        metrics.update(
+            steps=trainer.state.global_step,
+            tokens=_last_logged(history, "num_tokens") or 0,
+            train_time=result.metrics.get("train_runtime", 0.0),
+            train_loss=result.training_loss,
+            **{key: _last_logged(history, key) for key in sorted(losses)},
+        )
         if main:
             atomic_write_json(tmp / METRICS_FILE, metrics)
             _replace_dir(tmp, out)
@@ -210,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = read_training_items(args.data)
         student = resolve_model_path(args.student)
         teacher = resolve_model_path(config.teacher_model) if config.teacher_model else None
+        if config.alpha > 0 and not (teacher or config.logits_dir or config.kv_teachers or config.kv_dir):
+            raise ValueError(f"--alpha {config.alpha} distils from a teacher: give --teacher (online) or --logits_dir (stored), or --alpha 0 for CE only")
+        check_writable(config.output_dir, "--output_dir")
+        _check_replaceable(Path(config.output_dir))
     except (ValueError, DataError, OSError, ModelNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -219,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = distill(student, items, config.output_dir, config, teacher_path=teacher)
     except (KVSetupError, SpecError, ModelNotFoundError) as e:  # refused before the first step; nothing written
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:  # the items left nothing to train on, refused before anything was written
+        print(f"error: {', '.join(args.data)}: {e}", file=sys.stderr)
         return 2
     from accelerate import PartialState
 

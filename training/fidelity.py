@@ -167,9 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.mcq_data import read_training_items
 
     try:
+        if args.limit < 0 or args.batch_size < 1:
+            raise ValueError(f"--limit must be >= 0 and --batch-size >= 1, got {args.limit} and {args.batch_size}")
         items = read_training_items(args.data)
-        if args.limit < 0:
-            raise ValueError(f"--limit must be >= 0, got {args.limit}")
         items = items[: args.limit] if args.limit else items
         student, teacher = resolve_model_path(args.student), resolve_model_path(args.teacher)
         tokenizer = AutoTokenizer.from_pretrained(student)

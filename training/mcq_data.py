@@ -93,6 +93,7 @@ def build_dataset(items: Sequence[MCQItem], tokenizer: Any):
 def read_training_items(paths: Sequence[str | os.PathLike]) -> list[MCQItem]:
     """Read MCQ JSONL files where each line is an MCQItem or a GeneratedItem (it has ``target_node``).
 
-    Bad lines raise DataError naming ``file:line``; ids must be unique across the files.
+    Bad lines raise DataError naming ``file:line``; ids must be unique across the files; a file
+    without items is a DataError too (every caller needs items to work on).
     """
-    return read_items(paths, lambda row: GeneratedItem if "target_node" in row else MCQItem)
+    return read_items(paths, lambda row: GeneratedItem if "target_node" in row else MCQItem, allow_empty=False)

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from data.records import DataError
+    from data.records import DataError, check_writable
     from engines.smollm2 import ModelNotFoundError
     from engines.spec import SpecError
     from training.kv.align import layer_map, teacher_layers_used
@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not specs:
             raise ValueError("--teachers names no teacher")
         items = read_training_items(args.data)
+        check_writable(out, "--out")
         n_student = _student_layers(args)
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
         dtype = getattr(torch, args.dtype)

@@ -292,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from data.records import check_writable
     from engines import load_engine
     from engines.smollm2 import ModelNotFoundError
     from training.mcq_data import read_training_items
@@ -303,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.k < 1 or args.items_per_shard < 1:
             raise ValueError("--k and --items-per-shard must be >= 1")
         items = read_training_items(args.data)
+        check_writable(out, "--out")
         # vLLM (also when --engine auto picks it) must be started able to return k log-probs; others ignore it.
         config = dataclass_from_args(EngineConfig, args, max_logprobs=max(args.max_logprobs, args.k))
         engine = load_engine(args.teacher, config)

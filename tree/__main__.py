@@ -164,8 +164,11 @@ def render_diff(changes: Sequence[NodeChange]) -> Table:
 
 
 def _refuse_overwrite(path: Path, force: bool) -> None:
+    from data.records import check_writable
+
     if path.exists() and not force:
         raise ValueError(f"{path} exists; pass --force to overwrite it")
+    check_writable(path, "--output", folder=False)
 
 
 def _load_items(paths: Sequence[Path]) -> list:
@@ -212,6 +215,8 @@ def run_init(args: argparse.Namespace, console: Console) -> int:
 
 
 def run_build(args: argparse.Namespace, console: Console) -> int:
+    if not args.base and not args.root.strip():
+        raise ValueError("--root must name the root ability (or give --base)")
     _refuse_overwrite(args.output, args.force)
     items = _load_items(args.data)
     base = AbilityTree.load(args.base) if args.base else None

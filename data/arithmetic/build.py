@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from data.arithmetic.skills import OPERATIONS, SKILLS, Problem, Skill
-from data.records import MCQItem, atomic_write_text, write_jsonl
+from data.records import MCQItem, atomic_write_text, check_writable, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = fr
     while len(items) < n:
         tries += 1
         if tries > 200 * n:
-            raise RuntimeError(f"skill {s.key!r} has fewer than {n} distinct questions for pool {pool!r}")
+            raise ValueError(f"skill {s.key!r} has fewer than {n} distinct questions left for pool {pool!r}; ask for fewer per skill")
         problem = s.draw(rng)
         if problem.question in seen:
             continue
@@ -174,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.seed_per_skill, args.eval_per_skill, args.dev_per_skill) < 1:
         parser.error("--seed-per-skill, --eval-per-skill and --dev-per-skill must be >= 1")
-    pools = build_pools(PoolConfig(seed_per_skill=args.seed_per_skill, eval_per_skill=args.eval_per_skill,
-                                  dev_per_skill=args.dev_per_skill, seed=args.seed))
     out = Path(args.out)
+    try:
+        check_writable(out, "--out")
+        pools = build_pools(PoolConfig(seed_per_skill=args.seed_per_skill, eval_per_skill=args.eval_per_skill,
+                                      dev_per_skill=args.dev_per_skill, seed=args.seed))
+    except ValueError as e:  # DataError too; or more distinct questions asked for than a skill has
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     for name, items in pools.items():
         write_jsonl(out / f"{name}.jsonl", [it.model_dump(exclude_none=True) for it in items])

@@ -68,6 +68,9 @@ def run_distill(argv: Sequence[str]) -> int:
         (cfg,) = distill_parser().parse_args_and_config(list(argv))
     except ValueError as e:  # TRL's refusal of unknown keys in a --config file, our own range checks
         raise EmbeddingSetupError(str(e)) from None
+    from data.records import check_writable
+
+    check_writable(cfg.out, "--out")  # before the teacher loads; the folder itself is made once the data is read
     distill_encoder(cfg)
     return 0
 
@@ -78,9 +81,19 @@ def run_eval(argv: Sequence[str], export: bool = False) -> int:
     from training.embedding.config import EncoderDistillConfig
     from training.embedding.distill import load_data
     from training.embedding.encoders import encoder_path, load_encoder
-    from training.embedding.evaluate import STEncoder, embed_texts, eval_texts, evaluate_encoder, print_table
+    from training.embedding.evaluate import (
+        STEncoder,
+        embed_texts,
+        eval_texts,
+        evaluate_encoder,
+        print_table,
+    )
 
     args = eval_parser(export).parse_args(argv)
+    if export and args.out:
+        from data.records import check_writable
+
+        check_writable(args.out, "--out")
     cfg = EncoderDistillConfig(out="-", data=args.data, domain=args.domain, dev_fraction=args.dev_fraction, stages="3")
     data = load_data(cfg)
     teacher = load_encoder(args.teacher, args.device, args.max_seq_length)

@@ -39,7 +39,7 @@ class EncoderData:
 def read_mcq_files(paths: Sequence[str | Path]) -> list[MCQItem]:
     """MCQ JSONL files (the records' schema); a bad line raises EmbeddingDataError naming file:line."""
     try:
-        return read_items(paths)
+        return read_items(paths, allow_empty=False)
     except ValueError as e:
         raise EmbeddingDataError(str(e)) from None
 

@@ -80,9 +80,9 @@ def distill_encoder(cfg: EncoderDistillConfig) -> DistillResult:
     """Run the configured stages; returns the student and what each stage did."""
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg)  # inputs first: a refused file or model leaves no output folder behind
     teacher = load_encoder(cfg.teacher, cfg.device, cfg.max_seq_length)
-    data = load_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     print("data: " + ", ".join(f"{k} {v}" for k, v in data.summary().items()))
     dev_texts = eval_texts(data.dev_pairs, data.dev_items)
     everything = list(dict.fromkeys([*data.train_sentences, *dev_texts]))

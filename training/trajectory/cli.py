@@ -62,6 +62,7 @@ def default_sources() -> list[str]:
 
 def run_benchmark(argv: Sequence[str]) -> int:
     from training.trajectory.data import BENCHMARKS, write_benchmark
+    from training.trajectory.errors import TrajectorySetupError
 
     p = argparse.ArgumentParser(prog="python -m training.trajectory benchmark", description="Write a real text-classification benchmark built from the clinical items.")
     p.add_argument("--name", default="clinical-source", choices=BENCHMARKS, help="clinical-source: question -> source dataset (6 classes); clinical-subject: question -> MMLU subject")
@@ -69,6 +70,11 @@ def run_benchmark(argv: Sequence[str]) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share, split by a hash of the question (default 0.2)")
     p.add_argument("--out", required=True, help="folder for train.jsonl, test.jsonl and benchmark.json")
     args = p.parse_args(argv)
+    from data.records import check_writable
+
+    if not 0 < args.test_fraction < 1:
+        raise TrajectorySetupError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    check_writable(args.out, "--out")
     paths = write_benchmark(args.name, args.items or default_sources(), args.out, args.test_fraction)
     print(" ".join(f"{s}: {p}" for s, p in paths.items()))
     return 0
@@ -81,6 +87,10 @@ def run_config(command: str, argv: Sequence[str]) -> int:
         (cfg,) = parser(command).parse_args_and_config(list(argv))
     except ValueError as e:
         raise TrajectorySetupError(str(e)) from None
+    from data.records import check_writable
+
+    if cfg.out:  # before any data or model is read (evaluate's --out is a CSV file)
+        check_writable(cfg.out, "--out", folder=command != "evaluate")
     if command == "experts":
         from training.trajectory.experts import train_experts
 

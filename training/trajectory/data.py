@@ -117,12 +117,16 @@ def benchmark_rows(name: str, files: Sequence[str | Path]) -> list[dict[str, Any
     if name not in BENCHMARKS:
         raise TrajectoryDataError(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {name!r}")
     try:
-        items = read_items(list(files))
+        items = read_items(list(files), allow_empty=False)
     except DataError as e:
         raise TrajectoryDataError(str(e)) from None
     if name == "clinical-source":
-        return [{"text": it.question, "label": it.id.rsplit("-", 1)[0], "id": it.id} for it in items]
-    return [{"text": it.question, "label": it.ability_path[-1], "id": it.id} for it in items if it.id.startswith("mmlu-") and it.ability_path]
+        rows = [{"text": it.question, "label": it.id.rsplit("-", 1)[0], "id": it.id} for it in items]
+    else:
+        rows = [{"text": it.question, "label": it.ability_path[-1], "id": it.id} for it in items if it.id.startswith("mmlu-") and it.ability_path]
+    if not rows:
+        raise TrajectoryDataError(f"{', '.join(map(str, files))}: no item fits the {name} benchmark (it needs MMLU items with an ability path)")
+    return rows
 
 
 def write_benchmark(name: str, files: Sequence[str | Path], out: str | Path, test_fraction: float = 0.2) -> dict[str, Path]:
