@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
-from data.records import DataError
+from data.records import DataError, read_yaml
 from data.verification import NO_VERIFIER
 from eval.gate import GATE_RULES
 from eval.tracking import parse_report_to
@@ -233,10 +231,7 @@ def load_yaml_options(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({e})") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a mapping of option: value")
     return _typed_options(raw, str(path))

@@ -27,7 +27,7 @@ from agents.preflight import PreflightError, preflight
 from agents.run_dir import RunDir
 from agents.summary import print_summary
 from data.domains import get_domain
-from data.records import DataError, atomic_write_text
+from data.records import DataError, atomic_write_text, read_yaml
 from data.run_lock import LOCK_NAME, RunLock, RunLockedError, RunLockError
 from tree.ability_tree import AbilityTree
 
@@ -57,11 +57,9 @@ def _resolve_config(config: LoopConfig, explicit: set[str]) -> tuple[LoopConfig,
         if not run.config_file.is_file():
             raise UsageError(f"--resume: {run.config_file} not found; start the run without --resume first")
         try:
-            stored = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{run.config_file}:{mark.line + 1}" if mark is not None else str(run.config_file)
-            raise UsageError(f"--resume: {where}: not a readable YAML file ({getattr(e, 'problem', None) or e})") from None
+            stored = read_yaml(run.config_file)
+        except DataError as e:
+            raise UsageError(f"--resume: {e}") from None
         if not isinstance(stored, dict):
             raise UsageError(f"--resume: {run.config_file}: not the options of a run (expected a mapping)")
         unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(LoopConfig)})

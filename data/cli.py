@@ -39,3 +39,19 @@ def dataclass_from_args(cls: type[C], args: argparse.Namespace, **fixed: Any) ->
 
 
 __all__ = ["add_dataclass_options", "dataclass_from_args"]
+
+
+def trl_parse(parser: Any, argv: Sequence[str] | None) -> tuple[Any, ...]:
+    """``TrlParser.parse_args_and_config``, with a ``--config`` file that is not valid YAML turned into the
+    one-line ValueError (``file:line: not valid YAML (...)``) the other bad options give."""
+    import yaml
+
+    from data.records import yaml_error
+
+    try:
+        return parser.parse_args_and_config(None if argv is None else list(argv))
+    except yaml.YAMLError as e:
+        args = list(argv or [])
+        path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+        path = path or next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"), "--config")
+        raise yaml_error(path, e) from None

@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from data.records import DataError, MCQItem, read_items
+from data.records import DataError, MCQItem, read_items, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +88,7 @@ def get_domain(name_or_path: str) -> Domain:
                 f"unknown domain {name_or_path!r}; available: {', '.join(available_domains()) or 'none'} "
                 "(or pass the path of a domain.yaml)"
             )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: not valid YAML ({e})") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a mapping with name, root, seed_files, eval_files")
     for key in ("name", "root", "seed_files", "eval_files"):

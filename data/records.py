@@ -183,6 +183,30 @@ def check_writable(path: str | os.PathLike, option: str, *, folder: bool = True)
     return path
 
 
+def yaml_error(path: str | os.PathLike, e: Exception) -> DataError:
+    """One line for a YAML file that does not parse: ``file:line: not valid YAML (problem)`` (PyYAML's own
+    message spans several lines)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e).splitlines()[0]
+    return DataError(f"{where}: not valid YAML ({problem})")
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's content; a missing file, bad bytes or bad YAML is a one-line DataError naming it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise yaml_error(path, e) from None
+
+
 def read_index(file: Path, fmt: str, what: str) -> dict[str, Any]:
     """A JSON index written last as a folder's commit point, checked for its ``format``; DataError names the file."""
     if not file.is_file():

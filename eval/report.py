@@ -33,6 +33,7 @@ from data.records import (
     atomic_write_bytes,
     atomic_write_text,
     read_jsonl,
+    yaml_error,
 )
 from data.run_layout import MARKER, REJECTION_STAGES, STAGE_DIRS
 from eval.metrics import MetricsConfig, accuracy_interval, outcomes, paired_outcomes
@@ -91,7 +92,7 @@ def load_run(root: str | Path) -> RunResults:
         try:
             config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ReportError(f"{config_file}: not valid YAML ({e})") from e
+            raise ReportError(str(yaml_error(config_file, e))) from None
     iterations = []
     for number, path in sorted(numbered):
         it = Iteration(number, path)

@@ -189,3 +189,39 @@ def test_a_run_dir_on_a_filesystem_that_refuses_folders_is_one_line(capsys):
     assert call("agents.loop", ["--domain", "clinical", "--run-dir", "/proc/atkd_x"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["error: --run-dir: cannot create /proc/atkd_x (No such file or directory in /proc); choose another --run-dir"]
+
+
+@pytest.mark.parametrize("name", ["agents.loop", "training.distill", "training.embedding distill", "training.trajectory experts"])
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_its_line(name, tmp_path, monkeypatch, capsys, request):
+    entry = ENTRIES[name]
+    paths: dict = {"dir": tmp_path, "out": tmp_path / "out", "data": tmp_path / "data.jsonl"}
+    for fixture in entry.needs:
+        paths[fixture] = request.getfixturevalue(f"{fixture}_path")
+    monkeypatch.chdir(tmp_path)
+    write_input(paths["data"], entry.kind, None)
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("seed: 1\nlearning_rate: [0.1, 0.2\n")  # the list is never closed
+    argv = [*entry.argv(paths), "--config", str(bad)]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert call(entry.module, argv) == 2
+    output = capsys.readouterr()
+    lines = [line for line in (output.err + output.out).splitlines() if line.strip()]
+    assert "Traceback" not in output.err and lines[-1].startswith("error: ") and f"{bad}:" in lines[-1] and "not valid YAML" in lines[-1], lines[-3:]
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_of_a_run_whose_config_yaml_is_broken_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("domain: clinical\nbudget: [32\n")
+    before = snapshot(tmp_path)
+    assert call("agents.loop", ["--run-dir", str(run), "--resume"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --resume: {run / 'config.yaml'}:") and "not valid YAML" in lines[0], lines
+    assert snapshot(tmp_path) == before
+    (run / "config.yaml").write_text("domain: clinical\nno_such_option: 1\n")
+    before = snapshot(tmp_path)
+    assert call("agents.loop", ["--run-dir", str(run), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --resume: {run / 'config.yaml'}: unknown option(s) no_such_option (written by another version?)"
+    assert snapshot(tmp_path) == before

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from data.cli import trl_parse
 from data.records import (
     DataError,
     MCQItem,
@@ -238,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent()
     parser = make_parser()
     try:
-        args, config = parser.parse_args_and_config(None if argv is None else list(argv))
+        args, config = trl_parse(parser, argv)
         items = read_training_items(args.data)
         student = resolve_model_path(args.student)
         teacher = resolve_model_path(config.teacher_model) if config.teacher_model else None

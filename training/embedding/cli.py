@@ -61,11 +61,12 @@ def eval_parser(export: bool = False) -> argparse.ArgumentParser:
 
 
 def run_distill(argv: Sequence[str]) -> int:
+    from data.cli import trl_parse
     from training.embedding.distill import distill_encoder
     from training.embedding.errors import EmbeddingSetupError
 
     try:
-        (cfg,) = distill_parser().parse_args_and_config(list(argv))
+        (cfg,) = trl_parse(distill_parser(), argv)
     except ValueError as e:  # TRL's refusal of unknown keys in a --config file, our own range checks
         raise EmbeddingSetupError(str(e)) from None
     from data.records import check_writable

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
+from data.records import yaml_error
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "recipes" / "curriculum.yaml"
@@ -64,8 +66,10 @@ def load_recipe(path: str | Path | None = None) -> dict[int, Phase]:
     file = Path(path) if path else DEFAULT_RECIPE
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{file}: cannot read the curriculum recipe ({e})") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot read the curriculum recipe: {yaml_error(file, e)}") from None
+    except OSError as e:
+        raise ValueError(f"{file}: cannot read the curriculum recipe ({e.strerror or e})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("phases"), dict):
         raise ValueError(f"{file}: a curriculum recipe is a mapping with 'phases: {{1: {{...}}, ...}}'")
     phases = {}

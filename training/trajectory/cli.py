@@ -81,10 +81,11 @@ def run_benchmark(argv: Sequence[str]) -> int:
 
 
 def run_config(command: str, argv: Sequence[str]) -> int:
+    from data.cli import trl_parse
     from training.trajectory.errors import TrajectorySetupError
 
     try:
-        (cfg,) = parser(command).parse_args_and_config(list(argv))
+        (cfg,) = trl_parse(parser(command), argv)
     except ValueError as e:
         raise TrajectorySetupError(str(e)) from None
     from data.records import check_writable
