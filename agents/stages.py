@@ -443,7 +443,7 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
         **train_kv_options(c),
     )
     student = _local_path(state["student"])
-    if not read_jsonl(labels / "items.jsonl"):
+    if not _stage_summary(ctx, it, "label").get("items"):  # the label stage counted them: no need to read the file
         raise DataError(f"{labels / 'items.jsonl'}: no item to train on in iteration {it}: {_why_no_items(ctx, state)}")
     if c.train_launcher == "accelerate":
         from training.launch import LaunchConfig, launch_distill
@@ -473,15 +473,16 @@ def train(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool, list)) or v is None}
 
 
+def _stage_summary(ctx: LoopContext, iteration: int, stage: str) -> dict[str, Any]:
+    """The summary a finished stage wrote into its marker ({} when it has none)."""
+    marker = ctx.run.stage(iteration, stage) / MARKER
+    return json.loads(marker.read_text())["summary"] if marker.is_file() else {}
+
+
 def _why_no_items(ctx: LoopContext, state: LoopState) -> str:
     """What emptied the training set (the validate and label stages' records) and what to change."""
     it, c = state["iteration"], ctx.config
-
-    def summary(stage: str) -> dict[str, Any]:
-        marker = ctx.run.stage(it, stage) / MARKER
-        return json.loads(marker.read_text())["summary"] if marker.is_file() else {}
-
-    validated, labelled = summary("validate"), summary("label")
+    validated, labelled = _stage_summary(ctx, it, "validate"), _stage_summary(ctx, it, "label")
     if c.budget:
         why = (f"{validated.get('accepted', 0)} of the {c.budget} items asked of the teacher passed validation "
                f"(see {ctx.run.stage(it, 'validate') / 'rejected.jsonl'})")
