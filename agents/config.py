@@ -18,7 +18,10 @@ from data.records import DataError, read_yaml
 from data.verification import NO_VERIFIER
 from eval.gate import GATE_RULES
 from eval.tracking import parse_report_to
+from synth.oracle import GENERATORS
+from synth.validate import ACCEPTANCE_RULES
 from synth.verify import ON_UNKNOWN, ON_WRONG
+from tree.allocate import STRATEGIES
 
 ENGINES = ("auto", "transformers", "vllm")
 REHEARSAL_TARGETS = ("teacher", "student")  # whose top-k log-probs the rehearsal items are distilled towards
@@ -54,12 +57,16 @@ class LoopConfig:
     tree: str = field(default="", metadata={"help": "Ability tree JSON to start from (e.g. from python -m tree init); items' ability paths are added to it. Default: a tree built from the paths alone."})
     classify: bool = field(default=False, metadata={"help": "Place seed and eval items that have no ability path into the tree with the teacher (once per run; ~4 min for the 503 clinical items with SmolLM2 on CPU, which places them barely above chance: see benchmarks/bench_classify.py). Off: they sit under their source's node."})
     budget: int = field(default=32, metadata={"help": "Items the teacher generates per iteration, spread over the weakest nodes (0: none; the student trains on --replay items only, the floor of benchmarks/bench_allocation.py)."})
-    allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness or uniform."})
+    allocation: str = field(default="weakness", metadata={"help": "How the budget is spread over nodes: weakness (the nodes of largest expected shortfall below an accuracy of 0.8) or uniform (every target node alike)."})
+    allocation_floor: int = field(default=1, metadata={"help": "Items every target node gets before the rest of the budget is split by weight (0: only what its weight earns)."})
+    allocation_max_nodes: int = field(default=0, metadata={"help": "Spread the budget over at most this many nodes, those of largest weight (0: every target node)."})
+    allocation_temperature: float = field(default=1.0, metadata={"help": "The weakness weights are raised to 1/T before the split: below 1 the budget moves further towards the weakest nodes (0.5 squares them), above 1 it evens out."})
+    generator: str = field(default="teacher", metadata={"help": "Who writes the generated items: teacher, or oracle (the domain's own problem generator, domain.yaml oracle:, right by construction: the control arm of benchmarks/bench_allocation.py; use with --acceptance none)."})
     exemplars: int = field(default=1, metadata={"help": "Seed exemplars shown to the teacher per generated item (short prompts suit small teachers)."})
     exemplar_choice: str = field(default="random", metadata={"help": "How exemplars are chosen: random (the node's own items, else its subtree's, else its siblings') or embedding (the node's items nearest in meaning to the node, then the nearest of the other seed items), with --encoder."})
     near_dup_metric: str = field(default="rouge_l", metadata={"help": "Near-duplicate gate of the validate stage: rouge_l (ROUGE-L F1 >= 0.7), jaccard (word 3-gram Jaccard >= 0.7) or embedding (cosine of --encoder embeddings >= the calibrated threshold)."})
     encoder: str = field(default="", metadata={"help": "Sentence encoder of --near-dup-metric embedding and --exemplar-choice embedding: minilm, st:<folder> or a folder. Default: the run's distilled encoder (<run-dir>/encoder/student, from python -m training.embedding distill --out <run-dir>/encoder) when it exists, else minilm."})
-    acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver or critic."})
+    acceptance: str = field(default="both", metadata={"help": "Which agents must accept an item: both, solver, critic, or none (the gates and the verifier only: for --generator oracle)."})
     solver_samples: int = field(default=1, metadata={"help": "Times each solver model answers an item, the options in another order each time (one vote each)."})
     solver_min_votes: int = field(default=0, metadata={"help": "Solver votes for the key an item needs (k of n = solver samples x solver models); 0 = all of them, unless --solver-min-share is set."})
     solver_min_share: float = field(default=0.0, metadata={"help": "Share of the solver votes the key needs, in (0, 1], when --solver-min-votes is 0 (e.g. 0.5 with --solver-samples 5: 3 of 5), and more votes than any other answer; 0 = not used."})
@@ -133,8 +140,12 @@ class LoopConfig:
             (0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization must be in (0, 1]"),
             (self.vllm_max_model_len >= 16, "vllm_max_model_len must be >= 16"),
             (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
-            (self.allocation in ("weakness", "uniform"), "allocation must be weakness or uniform"),
-            (self.acceptance in ("both", "solver", "critic"), "acceptance must be both, solver or critic"),
+            (self.allocation in STRATEGIES, f"allocation must be one of {', '.join(STRATEGIES)}"),
+            (self.allocation_floor >= 0, "allocation_floor must be >= 0"),
+            (self.allocation_max_nodes >= 0, "allocation_max_nodes must be >= 0 (0 = every target node)"),
+            (self.allocation_temperature > 0, "allocation_temperature must be > 0"),
+            (self.generator in GENERATORS, f"generator must be one of {', '.join(GENERATORS)}"),
+            (self.acceptance in ACCEPTANCE_RULES, f"acceptance must be one of {', '.join(ACCEPTANCE_RULES)}"),
             (self.exemplar_choice in ("random", "embedding"), "exemplar_choice must be random or embedding"),
             (self.near_dup_metric in ("rouge_l", "jaccard", "embedding"), "near_dup_metric must be rouge_l, jaccard or embedding"),
             (self.kv_phase >= 0, "kv_phase must be >= 0 (0 = no curriculum phase)"),

@@ -88,6 +88,13 @@ class LoopContext:
         return load_verifier(self.verifier_spec) if self.verifier_spec else None
 
     @cached_property
+    def oracle(self):
+        """The domain's oracle function (checked when the domain was read; loaded once)."""
+        from data.oracle import load_oracle
+
+        return load_oracle(self.domain.oracle, f"{self.domain.file}: field 'oracle'")
+
+    @cached_property
     def dev_items(self) -> list[MCQItem]:
         """The dev split (model selection only), --dev-size of it stratified over nodes (0: all)."""
         items = self.domain.dev_items()

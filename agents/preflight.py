@@ -24,6 +24,7 @@ from data.verification import NO_VERIFIER, load_verifier
 from engines.check import SpecCheck, check_spec
 from engines.spec import SpecError, parse_spec
 from eval.tracking import missing_trackers
+from synth.validate import agents_needed
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +85,23 @@ def describe_judges(config: LoopConfig, verifier: str) -> tuple[str, str]:
     """``(who judges generated keys, a warning or "")``: the warning when the generator is its own only
     judge, so that its wrong keys pass (measured on arithmetic: 15 of 24 readable accepted keys wrong)."""
     parts = [f"verifier {verifier}"] if verifier else []
+    if config.acceptance == "none":
+        parts.append("no agent (--acceptance none)")
     judges: set[str] = set()
-    if config.acceptance != "critic":
+    need_solver, need_critic = agents_needed(config.acceptance)
+    if need_solver:
         sampled = f", {config.solver_samples} sampled at {config.solver_temperature:g}" if config.solver_temperature else \
                   (f", {config.solver_samples} orders" if config.solver_samples > 1 else "")
         parts.append(f"solver {', '.join(config.solver_specs)}{sampled}")
         judges.update(config.solver_specs)
-    if config.acceptance != "solver":
+    if need_critic:
         parts.append(f"critic {config.critic_spec}" + (" (shown the explanation)" if config.critic_sees_explanation else ""))
         judges.add(config.critic_spec)
     warning = ""
-    if not verifier and judges == {config.teacher}:
+    if not verifier and not judges:
+        warning = (f"--acceptance {config.acceptance}: no agent and no verifier judges the teacher's items, so every key it writes "
+                   "passes; use --acceptance none only for items right by construction (--generator oracle)")
+    elif not verifier and judges == {config.teacher}:
         warning = (f"the teacher {config.teacher} writes the items and is their only judge (solver and critic), so a key it gets "
                    "wrong passes validation; give --solver a model of another family (with --solver-samples K "
                    "--solver-temperature T for a majority vote), or a --verifier where the domain's truth can be computed")
@@ -182,10 +189,11 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
         )
     if add("--student", config.student).backend == "openai":
         raise PreflightError(f"--student {config.student}: the student is trained here, so it must be a local model (hf:, vllm: or smollm2), not an HTTP server")
-    if config.acceptance != "critic":
+    need_solver, need_critic = agents_needed(config.acceptance)
+    if need_solver:
         for spec in config.solver_specs:
             add("--solver", spec)
-    if config.acceptance != "solver":
+    if need_critic:
         add("--critic", config.critic_spec)
     for spec in config.kv_teacher_specs:
         if add("--kv-teachers", spec, generates=False).backend == "openai":
@@ -195,7 +203,13 @@ def preflight(config: LoopConfig, run_dir: Path, domain: Domain, *, devices: boo
             load_verifier(config.verifier, "--verifier")
         except DataError as e:
             raise PreflightError(str(e)) from None
+    if config.generator == "oracle" and not domain.oracle:
+        raise PreflightError(f"--generator oracle: domain {domain.name} has no oracle (an oracle: module:function field in "
+                             f"{domain.file or 'its domain.yaml'}); only a domain whose truth can be computed has one")
     plan.judges, warning = describe_judges(config, config.verifier_spec(domain.verifier))
+    if config.generator == "oracle":
+        plan.judges = f"the domain's oracle {domain.oracle} writes the items (right by construction); " + plan.judges
+        warning = ""
     if warning and config.budget:
         plan.warnings.append(warning)
     if config.encoder and "embedding" in (config.near_dup_metric, config.exemplar_choice):

@@ -166,20 +166,38 @@ def generate_inputs(ctx: LoopContext, state: LoopState) -> tuple[dict[str, Any],
     if c.exemplar_choice != "random":  # only then: the inputs of runs made before the option stay the same
         values |= {"exemplar_choice": c.exemplar_choice, "encoder": ctx.encoder_spec}
     values |= _answer_mode(ctx)  # a generate-mode domain's items are written with their worked solution first
-    return values, [ctx.run.stage(state["iteration"], "analyze") / "tree.json", *ctx.domain.seed_files]
+    allocation = _allocation_config(ctx, 0)
+    if (allocation.floor, allocation.max_nodes, allocation.temperature) != (1, None, 1.0):  # likewise
+        values |= {"allocation_floor": allocation.floor, "allocation_max_nodes": allocation.max_nodes, "allocation_temperature": allocation.temperature}
+    paths = [ctx.run.stage(state["iteration"], "analyze") / "tree.json", *ctx.domain.seed_files]
+    if c.generator != "teacher":
+        values |= {"generator": c.generator, "oracle": ctx.domain.oracle}
+        paths += [*ctx.domain.eval_files, *ctx.domain.dev_files]  # what its items must not repeat
+    return values, paths
+
+
+def _allocation_config(ctx: LoopContext, iteration: int):
+    """The allocation of iteration ``iteration`` (its tie-breaking seed) from the loop's options."""
+    from tree.allocate import AllocationConfig
+
+    c = ctx.config
+    return AllocationConfig(strategy=c.allocation, seed=c.seed + iteration, floor=c.allocation_floor,
+                            max_nodes=c.allocation_max_nodes or None, temperature=c.allocation_temperature)
 
 
 def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     from synth.generate import SynthConfig, generate_items
     from synth.targets import node_briefs, node_exemplars
     from tree import AbilityTree
-    from tree.allocate import AllocationConfig, allocate
+    from tree.allocate import allocate
 
     it, c = state["iteration"], ctx.config
     tree = AbilityTree.load(ctx.run.stage(it, "analyze") / "tree.json")
-    alloc = allocate(tree, c.budget, it, AllocationConfig(strategy=c.allocation, seed=c.seed + it))
+    alloc = allocate(tree, c.budget, it, _allocation_config(ctx, it))
     atomic_write_json(out / "allocation.json", alloc)
     targets = [node for node, count in alloc.items() if count > 0]
+    if c.generator == "oracle":
+        return _write_oracle_items(ctx, alloc, it, out)
     embed = ctx.embed if c.exemplar_choice == "embedding" else None
     exemplars = node_exemplars(tree, ctx.seed_items, targets, c.exemplars * 4, c.seed + it, embed=embed)
     synth = SynthConfig(seed=c.seed + it, exemplars_per_item=c.exemplars, domain=ctx.domain.root)
@@ -191,6 +209,19 @@ def generate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
     atomic_write_json(out / "report.json", result.report)
     return {"requested": c.budget, "candidates": c.budget, "parsed": len(result.items), "failed_attempts": len(result.rejected), "nodes": len(targets),
             "explanation_first": synth.explanation_first}
+
+
+def _write_oracle_items(ctx: LoopContext, alloc: dict[str, int], it: int, out: Path) -> dict[str, Any]:
+    """The generate stage's files, written by the domain's oracle (synth.oracle) instead of the teacher."""
+    from synth.oracle import oracle_items
+
+    pools = [*ctx.seed_items, *ctx.domain.eval_items(), *ctx.domain.dev_items()]
+    result = oracle_items(ctx.oracle, alloc, ctx.config.seed, it, exclude={i.question for i in pools}, name=f"oracle:{ctx.domain.oracle}")
+    write_jsonl(out / "candidates.jsonl", result.items)
+    write_jsonl(out / "unparsed.jsonl", [])
+    atomic_write_json(out / "report.json", result.report)
+    return {"requested": ctx.config.budget, "candidates": ctx.config.budget, "parsed": len(result.items), "failed_attempts": 0,
+            "nodes": sum(1 for n in alloc.values() if n > 0), "generator": "oracle", "short": sum(result.report["short"].values())}
 
 
 # --------------------------------------------------------------------------------------- validate
@@ -220,16 +251,17 @@ def _critic_and_verifier(ctx: LoopContext) -> dict[str, Any]:
 
 
 def validate(ctx: LoopContext, state: LoopState, out: Path) -> dict[str, Any]:
-    from synth.validate import ValidationConfig, unparsed_requests, validate_items
+    from synth.validate import ValidationConfig, agents_needed, unparsed_requests, validate_items
 
     it, c = state["iteration"], ctx.config
+    need_solver, need_critic = agents_needed(c.acceptance)
     gen = ctx.run.stage(it, "generate")
     candidates = read_jsonl(gen / "candidates.jsonl", GeneratedItem)
     # Only the agents the acceptance rule asks are loaded.
     result = validate_items(
         candidates,
-        solver=[ctx.engines.get(spec) for spec in c.solver_specs] if c.acceptance != "critic" else None,
-        critic=ctx.engines.get(c.critic_spec) if c.acceptance != "solver" else None,
+        solver=[ctx.engines.get(spec) for spec in c.solver_specs] if need_solver else None,
+        critic=ctx.engines.get(c.critic_spec) if need_critic else None,
         seed_pool=ctx.seed_items,
         eval_items=ctx.domain.eval_items(),  # decontaminate against every eval item, not only the scored subset
         config=ValidationConfig(

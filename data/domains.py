@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from data.records import DataError, MCQItem, read_items, read_yaml
 
@@ -36,6 +36,9 @@ class Domain:
     # The domain's verifier (data.verification), as module:function or file.py:function ("": none): it
     # judges generated keys in the validate stage and the teacher's worked solutions in the label stage.
     verifier: str = ""
+    # The domain's oracle (data.oracle): a writer of perfect items per node, for --generator oracle
+    # (the allocation benchmark's control arm); module:function or file.py:function, "": none.
+    oracle: str = ""
     # The dev split: items for model selection only (the loop's acceptance gate, the train stage's choice
     # of epoch), disjoint from the seed pool (probe, replay, exemplars) and the eval set. Empty: none.
     dev_files: tuple[Path, ...] = ()
@@ -71,6 +74,20 @@ def available_domains() -> list[str]:
     return sorted(p.parent.name for p in DATA_DIR.glob("*/domain.yaml"))
 
 
+def _function_field(raw: dict[str, Any], key: str, path: Path, load: Callable[[str, str], object]) -> str:
+    """A ``module:function`` or ``file.py:function`` field (a file relative to the yaml, like the data
+    files), checked by ``load``; DataError naming the file and field."""
+    spec = raw.get(key) or ""
+    if not isinstance(spec, str):
+        raise DataError(f"{path}: field {key!r} must be module:function or file.py:function, not {spec!r}")
+    if spec:
+        module, sep, func = spec.rpartition(":")
+        if sep and module.endswith(".py") and not Path(module).is_absolute():
+            spec = f"{(path.parent / module).resolve()}:{func}"
+        load(spec, f"{path}: field {key!r}")
+    return spec
+
+
 def get_domain(name_or_path: str) -> Domain:
     """Load a preset by name (a folder of data/) or by the path of a ``domain.yaml``.
 
@@ -95,7 +112,7 @@ def get_domain(name_or_path: str) -> Domain:
         if key not in raw:
             raise DataError(f"{path}: missing field {key!r}")
     unknown = set(raw) - {"name", "root", "description", "seed_files", "eval_files", "node_descriptions", "answer_mode", "answer_max_tokens", "verifier",
-                         "dev_files", "loop_defaults"}
+                         "oracle", "dev_files", "loop_defaults"}
     if unknown:
         raise DataError(f"{path}: unknown field(s) {sorted(unknown)}")
 
@@ -120,16 +137,11 @@ def get_domain(name_or_path: str) -> Domain:
     answer_max_tokens = raw.get("answer_max_tokens", 32)
     if not isinstance(answer_max_tokens, int) or isinstance(answer_max_tokens, bool) or answer_max_tokens < 1:
         raise DataError(f"{path}: field 'answer_max_tokens' must be a whole number >= 1, not {answer_max_tokens!r}")
-    verifier = raw.get("verifier") or ""
-    if not isinstance(verifier, str):
-        raise DataError(f"{path}: field 'verifier' must be module:function or file.py:function, not {verifier!r}")
-    if verifier:
-        from data.verification import load_verifier
+    from data.oracle import load_oracle
+    from data.verification import load_verifier
 
-        module, sep, func = verifier.rpartition(":")  # a file is relative to the yaml, like the data files
-        if sep and module.endswith(".py") and not Path(module).is_absolute():
-            verifier = f"{(path.parent / module).resolve()}:{func}"
-        load_verifier(verifier, f"{path}: field 'verifier'")  # DataError naming the file and field
+    verifier = _function_field(raw, "verifier", path, load_verifier)
+    oracle = _function_field(raw, "oracle", path, load_oracle)
     loop_defaults = raw.get("loop_defaults") or {}
     if not isinstance(loop_defaults, dict) or not all(isinstance(k, str) for k in loop_defaults):
         raise DataError(f"{path}: field 'loop_defaults' must map loop option names to values")
@@ -143,6 +155,7 @@ def get_domain(name_or_path: str) -> Domain:
         answer_mode=answer_mode,
         answer_max_tokens=answer_max_tokens,
         verifier=verifier,
+        oracle=oracle,
         dev_files=files("dev_files") if "dev_files" in raw else (),
         loop_defaults=dict(loop_defaults),
         file=path.resolve(),

@@ -79,12 +79,13 @@ def _import_target(module_part: str) -> object:
         raise ValueError(f"importing {module_part!r} failed: {type(e).__name__}: {e}") from None
 
 
-def load_verifier(spec: str, where: str = "--verifier") -> Verifier:
-    """The function named by ``spec`` (``module:function`` or ``file.py:function``), checked to take
-    ``(item, solution)``; DataError naming ``where`` (an option or a file and field) otherwise."""
+def load_function(spec: str, where: str, example: str, call: str, arguments: int) -> Callable[..., object]:
+    """The function named by ``spec`` (``module:function`` or ``file.py:function``), checked to accept
+    ``arguments`` positional arguments; DataError naming ``where`` (an option or a file and field)
+    otherwise. ``example`` is a spec shown in the error, ``call`` the signature it must accept."""
     module_part, sep, func_name = spec.rpartition(":")
     if not sep or not module_part or not func_name.isidentifier():
-        raise DataError(f"{where}: {spec!r} is not module:function (e.g. data.arithmetic.verify:verify_item or my_checks.py:verify)")
+        raise DataError(f"{where}: {spec!r} is not module:function (e.g. {example} or my_checks.py:{example.rpartition(':')[2]})")
     try:
         module = _import_target(module_part)
     except ValueError as e:
@@ -99,10 +100,15 @@ def load_verifier(spec: str, where: str = "--verifier") -> Verifier:
     except ValueError:  # a builtin without a signature: nothing to check
         return func
     try:
-        signature.bind(None, None)
+        signature.bind(*([None] * arguments))
     except TypeError:
-        raise DataError(f"{where}: {spec!r}: {func_name} must accept (item, solution=None)") from None
+        raise DataError(f"{where}: {spec!r}: {func_name} must accept {call}") from None
     return func
+
+
+def load_verifier(spec: str, where: str = "--verifier") -> Verifier:
+    """The verifier named by ``spec`` (``load_function``), checked to take ``(item, solution)``."""
+    return load_function(spec, where, "data.arithmetic.verify:verify_item", "(item, solution=None)", 2)
 
 
 def run_verifier(verifier: Verifier, item: MCQItem, solution: str | None = None) -> Verification:

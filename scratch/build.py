@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.arithmetic.build import draw_problems
 from data.arithmetic.skills import SKILLS
 from data.records import MCQItem
 
@@ -101,6 +102,9 @@ class ScratchConfig:
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (linear warm-up over the first twentieth of the steps, then cosine decay)."})
     teacher_learning_rate: float = field(default=0.0, metadata={"help": "The teacher's peak learning rate, when it differs (0: --learning-rate); lower suits --teacher-init."})
     seed: int = field(default=0, metadata={"help": "Seed of the data, the initialisation and the training order."})
+    batch_by_task: bool = field(default=True, metadata={"help": "Each batch holds examples of one task (answer, generate, critic, diagnose), skills mixed, batches in random order: so that a long generation prompt does not pad a batch of short answers (the 'random' order: off)."})
+    answer_focus: float = field(default=0.0, metadata={"help": "With --teacher-init: this share of the teacher's answer examples is spread over the skills in proportion to the starting teacher's errors on fresh items of each (--focus-probe-per-skill), the rest evenly (0: evenly)."})
+    focus_probe_per_skill: int = field(default=16, metadata={"help": "--answer-focus: fresh items per skill the starting teacher is scored on."})
     teacher_init: str = field(default="", metadata={"help": "Start the teacher from this built teacher's weights and tokenizer instead of random weights (the student is then trained on that tokenizer too); empty: from random weights."})
     solver: bool = field(default=False, metadata={"help": "Also build an independent blind solver (scratch:<domain>/solver): answer task only, its own seed and shape, the teacher's tokenizer."})
     solver_layers: int = field(default=4, metadata={"help": "Solver decoder layers."})
@@ -117,6 +121,12 @@ class ScratchConfig:
                      "generate_per_skill", "critic_per_skill", "diagnose_per_skill", "student_answer_per_skill"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.answer_focus <= 1.0:
+            raise ValueError(f"--answer-focus must be in [0, 1], got {self.answer_focus}")
+        if self.answer_focus and not self.teacher_init:
+            raise ValueError("--answer-focus needs --teacher-init: the errors it follows are the starting teacher's")
+        if self.focus_probe_per_skill < 1:
+            raise ValueError(f"--focus-probe-per-skill must be >= 1, got {self.focus_probe_per_skill}")
         if self.eval_per_skill < 0:
             raise ValueError(f"--eval-per-skill must be >= 0 (0: the whole eval pool), got {self.eval_per_skill}")
         if self.learning_rate <= 0 or self.teacher_learning_rate < 0:
@@ -182,6 +192,8 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)
     longest = max(len(r["input_ids"]) for r in rows)
+    if config.batch_by_task:  # the order is the batches: the trainer reads it as it is
+        rows = [rows[i] for i in task_batches([r["task"] for r in rows], config.batch_size, steps, seed)]
     if init is None:
         model = LlamaForCausalLM(shape.llama_config(len(tokenizer), tokenizer, max_positions=max(512, longest)))
     else:
@@ -194,7 +206,8 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
         seed=seed, max_length=longest, logging_steps=max(1, steps // 20), dataloader_drop_last=False,
         # Random batches, not group_by_length: batches of one length are batches of one or two skills, and
         # from random weights that halves the pace (4x128, 300 steps on worked answers: loss 1.76 grouped,
-        # 0.83 random).
+        # 0.83 random). Batches of one task (task_batches) still mix the skills.
+        train_sampling_strategy="sequential" if config.batch_by_task else "random",
     )
     dataset = Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     trainer = KDTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -202,6 +215,29 @@ def train_from_scratch(rows: Sequence[dict[str, Any]], tokenizer: Any, shape: Mo
     trainer.train()
     seconds = time.perf_counter() - start
     return trainer.model, seconds
+
+
+def task_batches(tasks: Sequence[str], batch_size: int, steps: int, seed: int) -> list[int]:
+    """Row indices for ``steps`` batches of ``batch_size``, each batch of one task: every epoch shuffles
+    each task's rows, cuts them into batches (a task's last, short batch included) and shuffles the
+    batches of all tasks together; epochs follow one another until there are enough batches."""
+    import random as _random
+
+    rng = _random.Random(f"{seed}:task-batches")
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, task in enumerate(tasks):
+        by_task[task].append(i)
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        batches = []
+        for task in sorted(by_task):
+            rows = list(by_task[task])
+            rng.shuffle(rows)
+            batches += [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:  # a short batch is padded with rows of its own task to keep batches whole
+            order += batch + [rng.choice(batch) for _ in range(batch_size - len(batch))]
+    return order[: steps * batch_size]
 
 
 def accuracy_by_node(folder: Path, items: Sequence[MCQItem], max_new_tokens: int = 192) -> dict[str, Any]:
@@ -253,6 +289,24 @@ def _stage_model(who: str, rows: Sequence[dict[str, Any]], tokenizer: Any, steps
             "skills_skipped": config.skipped if who == "student" else [], "config": asdict(config), "eval": scores}
     logger.info("%s: %.1f%% on the eval pool after %.0f s of training", who, 100 * scores["accuracy"], seconds)
     return staged, info
+
+
+def focus_counts(init: Path, config: ScratchConfig, held_out: set[str], root: str) -> dict[str, Any]:
+    """Answer examples per skill for ``--answer-focus``: the starting teacher is scored on
+    ``focus_probe_per_skill`` fresh items of each skill (a pool of their own, never eval, dev or seed
+    items), and ``answer_focus`` of the ``answer_per_skill x skills`` examples go to the skills in
+    proportion to its errors there, the rest evenly. Its scores come back with the counts."""
+    probe = [item for s in SKILLS for item, _ in draw_problems(s, "focus-probe", config.focus_probe_per_skill, config.seed, held_out)]
+    scores = accuracy_by_node(init, probe)
+    errors = {s.key: 1.0 - scores["per_node"]["/".join([root, *s.path])]["accuracy"] for s in SKILLS}
+    total = config.answer_per_skill * len(SKILLS)
+    spread = sum(errors.values())
+    counts = {k: max(1, round(total * ((1 - config.answer_focus) / len(SKILLS) + (config.answer_focus * e / spread if spread else config.answer_focus / len(SKILLS)))))
+              for k, e in errors.items()}
+    logger.info("answer focus: the starting teacher answers %.1f%% of %d fresh items; most examples to %s", 100 * scores["accuracy"],
+                scores["n"], ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])[:4]))
+    return {"share": config.answer_focus, "probe_accuracy": scores["accuracy"], "probe_n": scores["n"],
+            "probe_per_node": scores["per_node"], "answer_examples": counts}
 
 
 def _held_out(domain: Any, config: ScratchConfig) -> tuple[list[MCQItem], set[str]]:
@@ -311,11 +365,18 @@ def _build_pair(config: ScratchConfig, domain: Any) -> dict[str, Any]:
     teacher_dir, student_dir = root / "teacher", root / "student"
     eval_items, held_out = _held_out(domain, config)
     tasks = TaskBuilder(seed=config.seed, exclude=held_out, root=domain.root)
-    teacher_examples = tasks.examples({"answer": config.answer_per_skill, "generate": config.generate_per_skill,
-                                       "critic": config.critic_per_skill, "diagnose": config.diagnose_per_skill})
+    init = Path(config.teacher_init).expanduser() if config.teacher_init else None
+    focus: dict[str, Any] = {}
+    if config.answer_focus and init is not None:
+        focus = focus_counts(init, config, held_out, domain.root)
+        answers = [e for s in SKILLS for e in TaskBuilder([s], seed=config.seed, exclude=held_out, root=domain.root)
+                   .examples({"answer": focus["answer_examples"][s.key]})]
+    else:
+        answers = tasks.examples({"answer": config.answer_per_skill})
+    teacher_examples = answers + tasks.examples({"generate": config.generate_per_skill, "critic": config.critic_per_skill,
+                                                 "diagnose": config.diagnose_per_skill})
     student_tasks = TaskBuilder([s for s in SKILLS if s.key not in config.skipped], seed=config.seed + 1, exclude=held_out, root=domain.root)
     student_examples = student_tasks.examples({"answer": config.student_answer_per_skill})
-    init = Path(config.teacher_init).expanduser() if config.teacher_init else None
     if init is not None:  # its embeddings are rows of its tokenizer
         from transformers import AutoTokenizer
 
@@ -330,6 +391,8 @@ def _build_pair(config: ScratchConfig, domain: Any) -> dict[str, Any]:
             is_teacher = who == "teacher"
             staged, info = _stage_model(who, _tokenize(examples, tokenizer), tokenizer, steps, config, Path(work), eval_items, domain.name,
                                         init if is_teacher else None, config.teacher_learning_rate if is_teacher else 0.0)
+            if is_teacher and focus:
+                info["answer_focus"] = focus
             if is_teacher and init is not None:  # what it started from, and that model's own training
                 info["initialised_from"] = {"path": str(init), **{k: init_info[k] for k in ("steps", "train_seconds", "examples", "eval", "initialised_from") if k in init_info}}
                 info["total_train_seconds"] = round(info["train_seconds"] + init_info.get("total_train_seconds", init_info["train_seconds"]), 1)

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from data.arithmetic.build import ability_path, distractors, draw_problems, tree_descriptions
-from data.arithmetic.skills import SKILLS, Problem, Skill
+from data.arithmetic.skills import SKILLS, Problem, Skill, worked_reply
 from data.records import MCQItem
 from synth.generate import NodeBrief, Request, SynthConfig, generation_messages
 from synth.validate import ValidationConfig, critic_messages
@@ -78,11 +78,6 @@ def draft_json(item: MCQItem, problem: Problem) -> str:
     options = {letter: str(v) for letter, v in zip(letters, values)}
     return json.dumps({"question": item.question, "explanation": worked_reply(problem), "options": options,
                        "answer_idx": letters[0]}, ensure_ascii=False)
-
-
-def worked_reply(problem: Problem) -> str:
-    """The answer turn: the worked solution, then the answer stated as its option's text."""
-    return f"{problem.work} The answer is {problem.answer}."
 
 
 def wrong_name(problem: Problem, value: int) -> str:

@@ -26,19 +26,25 @@ Item = TypeVar("Item", bound=MCQItem)
 
 def attach_solutions(engine: Engine, items: Sequence[Item], max_new_tokens: int) -> tuple[list[Item], list[Item]]:
     """``(solved, unsolved)``: the items whose greedy reply reaches the key, each with that reply as its
-    ``solution``, and the others, unchanged. One ``generate`` call."""
-    if not items:
-        return [], []
-    prompts = [mcq_messages(it.question, it.options, with_prefix=False) for it in items]
-    completions = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    if len(completions) != len(items):
-        raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} of {len(items)} completions")
+    ``solution``, and the others, unchanged; in the order of ``items``. An item that already carries a
+    solution (written by the domain's oracle, ``synth.oracle``) keeps it and is not asked. One
+    ``generate`` call."""
+    ask = [it for it in items if not it.solution]
+    replies: dict[int, str] = {}
+    if ask:
+        prompts = [mcq_messages(it.question, it.options, with_prefix=False) for it in ask]
+        completions = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
+        if len(completions) != len(ask):
+            raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} of {len(ask)} completions")
+        replies = {id(it): c.text.strip() for it, c in zip(ask, completions)}
     solved, unsolved = [], []
-    for item, completion in zip(items, completions):
-        text = completion.text.strip()
-        if extract_answer(text, item.options) == item.answer_idx:
-            solved.append(item.model_copy(update={"solution": text}))
+    for item in items:
+        if item.solution:
+            solved.append(item)
+        elif extract_answer(replies[id(item)], item.options) == item.answer_idx:
+            solved.append(item.model_copy(update={"solution": replies[id(item)]}))
         else:
             unsolved.append(item)
-    logger.info("teacher %s solved %d of %d items (the rest are not trained on)", engine.name, len(solved), len(items))
+    if ask:
+        logger.info("teacher %s solved %d of %d items (the rest are not trained on)", engine.name, len(solved) - (len(items) - len(ask)), len(ask))
     return solved, unsolved

@@ -75,8 +75,16 @@ ACCEPTANCE_RULES: dict[str, Callable[[bool | None, bool | None], bool]] = {
     "both": lambda solver, critic: bool(solver) and bool(critic),
     "solver": lambda solver, critic: bool(solver),
     "critic": lambda solver, critic: bool(critic),
+    # Only the gates (schema, duplicates, contamination, verifier): for items correct by construction
+    # (synth.oracle), which agents could only wrongly reject.
+    "none": lambda solver, critic: True,
 }
-_NEEDS = {"both": (True, True), "solver": (True, False), "critic": (False, True)}
+_NEEDS = {"both": (True, True), "solver": (True, False), "critic": (False, True), "none": (False, False)}
+
+
+def agents_needed(acceptance: str) -> tuple[bool, bool]:
+    """``(solver, critic)``: which agents the acceptance rule runs."""
+    return _NEEDS[acceptance]
 
 
 @dataclass

@@ -258,6 +258,34 @@ def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, 
     assert start.info("arithmetic/addition/one-digit addition")["description"].startswith("Adding two one-digit numbers")
 
 
+def test_the_oracle_arm_trains_and_evaluates_where_the_tiny_teacher_solves_nothing(tiny_cache, tmp_path, capsys):
+    """``--generator oracle``: the domain's oracle writes the items with their worked solutions, so the
+    tiny teacher that solves nothing still leaves a training set, and the run goes through the train,
+    gate and evaluate stages; the allocation benchmark reads the finished run."""
+    from agents.loop import main
+    from benchmarks.bench_allocation import bottom_quartile, collect
+    from data.arithmetic.verify import verify_item
+    from data.records import MCQItem, read_jsonl
+
+    run = tmp_path / "run"
+    code = main(["--domain", "arithmetic", "--teacher", "scratch:arithmetic/teacher", "--student", "scratch:arithmetic/student",
+                 "--engine", "transformers", "--probe-size", "8", "--budget", "6", "--generator", "oracle", "--acceptance", "none",
+                 "--allocation-floor", "0", "--allocation-temperature", "0.5", "--replay", "2", "--rehearsal", "2", "--eval-size", "26",
+                 "--dev-size", "26", "--train-epochs", "1", "--train-batch-size", "4", "--run-dir", str(run)])
+    assert code == 0, capsys.readouterr().err[-3000:]
+    it = run / "iteration_1"
+    validated = read_jsonl(it / "D_validated_data" / "validated.jsonl", MCQItem)
+    assert len(validated) == 6 and all(verify_item(v, v.solution).verdict == "right" for v in validated)
+    label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
+    assert label["generated"] == 6 and label["unsolved_generated"] == 0  # the oracle's solutions, not the teacher's
+    generate = json.loads((it / "C_distill_data" / ".done.json").read_text())["summary"]
+    assert generate["generator"] == "oracle" and generate["parsed"] == 6
+    weakest = set(bottom_quartile(read_jsonl(it / "G_eval" / "before.jsonl")))
+    got = collect(run, 1, weakest)
+    assert got["accepted"] == [6] and got["keys"] == [{"right": 6, "wrong": 0, "unread": 0}] and len(got["acc"]) == 2
+    assert 0.0 <= got["weak_share"][0] <= 1.0 and sum(c["trained"] for c in got["nodes"][0].values()) == 6
+
+
 def test_allocation_bench_statistics():
     from benchmarks.bench_allocation import bottom_quartile, paired
 
@@ -269,6 +297,35 @@ def test_allocation_bench_statistics():
     from scipy import stats
 
     assert p["t_p"] == pytest.approx(stats.ttest_rel([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.6]).pvalue)
+    # the minimal detectable effect: (t_{1-a/2} + t_{power}) sd / sqrt(n), and the seeds that reach a target
+    from benchmarks.bench_allocation import mde, seeds_needed
+
+    assert mde(0.02, 10, 0.025, 0.8) == pytest.approx((stats.t.ppf(0.9875, 9) + stats.t.ppf(0.8, 9)) * 0.02 / 10 ** 0.5)
+    n = seeds_needed(0.02, 0.02, 0.025, 0.8)
+    assert mde(0.02, n, 0.025, 0.8) <= 0.02 < mde(0.02, n - 1, 0.025, 0.8)
+    assert seeds_needed(1.0, 0.001, 0.025, 0.8, most=50) is None
+
+
+def test_allocation_bench_arms_differ_only_in_their_factor(tmp_path):
+    import argparse
+
+    from benchmarks.bench_allocation import ARMS, PREREGISTERED, bench_domain, comparisons, loop_options
+
+    args = argparse.Namespace(teacher="t", student="s", iterations=2, budget=256, floor=0, max_nodes=0, allocation_temperature=0.5,
+                              probe_size=208, loop_args=[])
+    opts = {arm: loop_options(arm, 3, tmp_path / "d.yaml", args) for arm in ARMS if ARMS[arm].trains}
+    assert set(opts["oracle-weakness"]) ^ set(opts["oracle-uniform"]) == {"weakness", "uniform"}
+    assert set(opts["weakness"]) ^ set(opts["oracle-weakness"]) == {"teacher", "oracle", "--acceptance", "none"}
+    assert opts["rehearsal"][opts["rehearsal"].index("--budget") + 1] == "0"
+    primary, secondary = comparisons(list(ARMS), 2)
+    assert [(a, b) for a, b, _, _ in primary] == list(PREREGISTERED.primary) and not set(primary) & set(secondary)
+    domain = bench_domain(tmp_path, 16)
+    from data.domains import get_domain
+
+    bench, shipped = get_domain(str(domain)), get_domain("arithmetic")
+    assert len(bench.eval_items()) == 16 * 26 and bench.eval_items()[:12] == shipped.eval_items()[:12]
+    assert bench.dev_items() == shipped.dev_items() and bench.oracle == shipped.oracle  # no eval item repeats a dev or seed one
+    assert bench_domain(tmp_path, 16) == domain  # written once
 
 
 def test_allocation_bench_counts_accepted_keys_by_the_domains_arithmetic(tmp_path):
@@ -294,3 +351,23 @@ def test_bench_table_puts_each_figure_under_its_own_column(capsys):
     assert header == ["arm", "iteration", "p"]
     cells = [[c.strip() for c in line.strip("│").split("│")] for line in lines[1:]]
     assert cells == [["gate", "0", ""], ["gate", "1", "0.025"], ["secondary", "", "0.120"]]
+
+
+def test_task_batches_hold_one_task_each_and_cover_the_steps():
+    from scratch.build import task_batches
+
+    tasks = ["answer"] * 70 + ["generate"] * 10 + ["critic"] * 5
+    order = task_batches(tasks, 8, 40, seed=1)
+    assert len(order) == 40 * 8
+    batches = [order[k : k + 8] for k in range(0, len(order), 8)]
+    assert all(len({tasks[i] for i in b}) == 1 for b in batches)
+    assert {tasks[b[0]] for b in batches} == {"answer", "generate", "critic"}  # skills and tasks both reach the trainer
+    assert set(order[: 8 * 12]) >= set(range(70))  # the first epoch (12 batches) sees every answer row
+    assert task_batches(tasks, 8, 40, seed=1) == order != task_batches(tasks, 8, 40, seed=2)
+
+
+def test_answer_focus_needs_a_starting_teacher():
+    with pytest.raises(ValueError, match="--answer-focus needs --teacher-init"):
+        ScratchConfig(answer_focus=0.5)
+    with pytest.raises(ValueError, match=r"--answer-focus must be in \[0, 1\]"):
+        ScratchConfig(answer_focus=1.5)

@@ -36,3 +36,15 @@ def test_the_conversation_trains_on_the_solution_when_there_is_one():
     assert mcq_conversation(worked)[-1]["content"] == "1 + 1 = 2. The answer is 2."
     assert mcq_conversation(worked)[0] == mcq_conversation(plain)[0]
     assert "solution" not in plain.model_dump(exclude_none=True)  # files without solutions stay as they were
+
+
+def test_an_item_that_carries_its_solution_keeps_it_and_is_not_asked():
+    """The oracle's items (synth.oracle) come with their worked solution; only the others go to the teacher."""
+    own = item(4, "A").model_copy(update={"solution": "4 + 4 = 8. The answer is 8."})
+    teacher = ScriptedEngine(reply=lambda prompt: " 1 + 1 = 2. The answer is 2.")
+    solved, unsolved = attach_solutions(teacher, [item(1, "A"), own, item(2, "B")], max_new_tokens=50)
+    assert [it.id for it in solved] == ["g1", "g4"] and [it.id for it in unsolved] == ["g2"]
+    assert solved[1].solution == "4 + 4 = 8. The answer is 8."
+    assert len(teacher.calls) == 1 and len(teacher.calls[0][1]) == 2  # one call, for the two items without a solution
+    silent = ScriptedEngine(reply=lambda prompt: "")
+    assert attach_solutions(silent, [own], 50) == ([own], []) and silent.calls == []

@@ -107,3 +107,20 @@ def test_infeasible_cap_and_negative_budget(tree):
         allocate(tree, 100, 1, cap=5)
     with pytest.raises(ValueError, match="budget"):
         allocate(tree, -1, 1)
+
+
+def test_temperature_moves_the_budget_to_the_weakest_and_share_of_measures_it(tree):
+    from tree.allocate import share_of
+
+    plain = allocate(tree, 200, 1, floor=0)
+    sharp = allocate(tree, 200, 1, floor=0, temperature=0.5)
+    flat = allocate(tree, 200, 1, floor=0, temperature=4.0)
+    weak = {"root/weak"}
+    assert share_of(sharp, weak) > share_of(plain, weak) > share_of(flat, weak)
+    assert sum(sharp.values()) == sum(flat.values()) == 200
+    uniform = allocate(tree, 200, 1, strategy="uniform", temperature=0.5)  # uniform weights stay equal
+    assert set(uniform.values()) == {40}
+    assert share_of({"root/weak": 3, "root/weak/sub": 1, "root/mid": 4}, weak) == 0.5  # a child counts for its parent
+    assert share_of({}, weak) == 0.0
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        AllocationConfig(temperature=0)

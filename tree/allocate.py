@@ -15,6 +15,12 @@ gets ``floor`` items (exploration: no node starves), the rest of the budget is s
 largest remainder so the counts sum to the budget exactly. Equal remainders are ordered by a
 permutation drawn from ``seed``, so the result is deterministic per seed without favouring nodes by
 their names. ``strategy="uniform"`` uses equal weights (the baseline to compare against).
+
+How much the weakness strategy concentrates is set by three knobs: ``floor`` (0: a node the weights do
+not favour gets nothing), ``max_nodes`` (only the heaviest nodes are targets) and ``temperature``: the
+weights are raised to ``1 / temperature`` before the split, so below 1 the budget moves further towards
+the weakest nodes (0.5 squares the weights) and above 1 it evens out. ``share_of`` tells what share of
+a budget a set of nodes received (the contrast a comparison of strategies needs).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class AllocationConfig:
     target: float = field(default=0.8, metadata={"help": "accuracy a node should reach"})
     seed: int = field(default=0, metadata={"help": "orders equal remainders when rounding"})
     max_nodes: int | None = field(default=None, metadata={"help": "spread the budget over at most this many nodes, those of largest weight (None: all targets)"})
+    temperature: float = field(default=1.0, metadata={"help": "weights are raised to 1/temperature: < 1 concentrates the budget on the weakest nodes, > 1 evens it out"})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -55,6 +62,8 @@ class AllocationConfig:
             raise ValueError(f"target must be in (0, 1), got {self.target}")
         if self.max_nodes is not None and self.max_nodes < 1:
             raise ValueError(f"max_nodes must be >= 1, got {self.max_nodes}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
 
 def node_weights(tree: AbilityTree, iteration: int | None, config: AllocationConfig) -> dict[str, float]:
@@ -67,7 +76,7 @@ def node_weights(tree: AbilityTree, iteration: int | None, config: AllocationCon
     weights = {}
     for node in targets:
         n, correct = tree.counts(node, iteration, subtree=False)
-        weights[node] = expected_shortfall(config.target, correct, n)
+        weights[node] = expected_shortfall(config.target, correct, n) ** (1.0 / config.temperature)
     return weights
 
 
@@ -100,7 +109,7 @@ def allocate(
 ) -> dict[str, int]:
     """Items to generate per target node; the counts sum to ``budget`` exactly.
 
-    ``overrides`` are AllocationConfig fields (``strategy``, ``floor``, ``cap``, ``target``, ``seed``)
+    ``overrides`` are AllocationConfig fields (``strategy``, ``floor``, ``cap``, ``target``, ``seed``, ...)
     applied on top of ``config`` (default: AllocationConfig()); an unknown name is a TypeError.
     When the budget cannot give every target ``floor`` items, the floor drops to ``budget // targets``
     and the rest goes by weight; a ``cap`` too small to place the whole budget is an error.
@@ -145,3 +154,13 @@ def allocate(
                 ", ".join(f"{n.rsplit('/', 1)[-1]}={c}" for n, c in counts.items() if c))
     return counts
 
+
+
+def share_of(counts: dict[str, int], nodes: set[str] | frozenset[str]) -> float:
+    """The share of an allocation's items that went to ``nodes`` or below them (a child grown under a
+    weak node counts for it); 0.0 for an empty allocation."""
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    inside = sum(c for node, c in counts.items() if any(node == n or node.startswith(n + "/") for n in nodes))
+    return inside / total

@@ -145,6 +145,7 @@ def tree_descriptions() -> dict[str, str]:
 # tokenizer; the rest of the budget is slack for a model that rambles before it stops.
 ANSWER_MAX_TOKENS = 192
 VERIFIER = "data.arithmetic.verify:verify_item"  # the domain's verifier (data.verification)
+ORACLE = "data.arithmetic.oracle:write_items"  # perfect items per node: the --generator oracle control
 # The loop options this domain runs with unless the user sets them (domain.yaml loop_defaults): the
 # training schedule chosen by the sweep of benchmarks/bench_update.py (docs/update.md, results/update.csv).
 LOOP_DEFAULTS: dict[str, object] = {"learning_rate": 5e-5, "warmup_ratio": 0.1, "lr_scheduler_type": "cosine",
@@ -155,12 +156,13 @@ def domain_yaml() -> str:
     """The preset's domain.yaml: names, files and every node's description."""
     body = {"name": ROOT_NAME, "root": ROOT_NAME, "description": DESCRIPTION, "seed_files": ["seed.jsonl"],
             "eval_files": ["eval.jsonl"], "dev_files": ["dev.jsonl"], "answer_mode": "generate", "answer_max_tokens": ANSWER_MAX_TOKENS,
-            "verifier": VERIFIER, **({"loop_defaults": LOOP_DEFAULTS} if LOOP_DEFAULTS else {}),
+            "verifier": VERIFIER, "oracle": ORACLE, **({"loop_defaults": LOOP_DEFAULTS} if LOOP_DEFAULTS else {}),
             "node_descriptions": tree_descriptions()}
     header = ("# A domain preset: what `--domain arithmetic` loads. Written, with seed.jsonl and eval.jsonl, by\n"
               "# `python -m data.arithmetic.build` (deterministic; README.md beside this file). Answered in\n"
               "# generate mode: a worked solution, column by column, then the answer (scratch.tasks says why).\n"
-              "# Keys and worked solutions are checked by computing them (verifier: data/arithmetic/verify.py).\n")
+              "# Keys and worked solutions are checked by computing them (verifier: data/arithmetic/verify.py);\n"
+              "# the oracle (data/arithmetic/oracle.py) writes right items per node for --generator oracle.\n")
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=110)
 
 

@@ -37,6 +37,11 @@ class Problem:
         return next((name for v, name in self.mistakes if v == value), "")
 
 
+def worked_reply(problem: Problem) -> str:
+    """The reply a perfect solver gives: the worked solution, then the answer stated as its option's text."""
+    return f"{problem.work} The answer is {problem.answer}."
+
+
 @dataclass(frozen=True)
 class Skill:
     """A leaf of the tree: ``path`` below the root, a description, and the draw of one problem."""
