@@ -3,7 +3,7 @@
     python -m scratch build                                  # once: the arithmetic teacher and student
     python benchmarks/bench_allocation.py                    # every arm, 10 seeds (5 for the controls), 2 iterations
     python benchmarks/bench_allocation.py --seeds 0,1,2 --control-seeds 0 --stop-after 60   # a pilot
-    python benchmarks/bench_allocation.py --report-only      # the tables from the runs finished so far
+    python benchmarks/bench_allocation.py --report-only      # the tables of the runs finished so far (nothing written)
 
 The loop runs on the arithmetic domain with its own teacher and student, with an eval pool of
 ``--eval-per-skill`` items per skill (the shipped 12 plus more drawn by the domain's builder, none of
@@ -19,8 +19,10 @@ for the factor named:
 - ``none``: no training at all: the starting student (no runs; its scores are every run's start).
 
 The allocation's contrast is set by ``--floor``, ``--max-nodes`` and ``--allocation-temperature`` (the
-loop's ``--allocation-*`` options), the same in every arm and recorded per run; the share of the budget
-each run put on the bottom quartile is printed beside the pre-registered minimum.
+loop's ``--allocation-*`` options), recorded per run: the weakness arms put the budget on the
+``--max-nodes`` nodes that the student's probe answers show weakest, the uniform arms spread it evenly
+over every target node. The share of the budget each run put on the bottom quartile is printed beside
+the pre-registered minimum.
 
 The primary endpoint and its test are fixed in ``PREREGISTERED`` below, written before any run of
 this design: accuracy on the bottom quartile of leaves (the quarter where the starting student is
@@ -150,10 +152,40 @@ def bench_domain(out: Path, eval_per_skill: int) -> Path:
 
 
 def loop_options(arm: str, seed: int, domain: Path, args: argparse.Namespace) -> list[str]:
+    targeted = ARMS[arm].allocation == "weakness"  # the uniform arm spreads over every target node
     return ["--domain", str(domain), "--teacher", args.teacher, "--student", args.student, "--iterations", str(args.iterations),
-            *ARMS[arm].loop_options(args.budget), "--allocation-floor", str(args.floor), "--allocation-max-nodes", str(args.max_nodes),
-            "--allocation-temperature", str(args.allocation_temperature), "--probe-size", str(args.probe_size),
-            "--seed", str(seed), *args.loop_args]
+            *ARMS[arm].loop_options(args.budget), "--allocation-floor", str(args.floor),
+            "--allocation-max-nodes", str(args.max_nodes if targeted else 0), "--allocation-temperature", str(args.allocation_temperature),
+            "--probe-size", str(args.probe_size), "--seed", str(seed), *args.loop_args]
+
+
+def run_all(todo: list[tuple[str, int]], runs: dict[tuple[str, int], Path], domain: Path, args: argparse.Namespace) -> None:
+    """The runs of ``todo`` in order, ``args.jobs`` at a time (each then on its share of the cores: one
+    torch thread per job, so that they do not oversubscribe them); none started after ``--stop-after``."""
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from benchmarks.harness import run_loop_logged
+
+    started = time.monotonic()
+    extra: list[str] = []
+    if args.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the loop processes inherit it (torch's training threads)
+        extra = ["--threads", str(threads)]  # and the engines'
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        running = set()
+        for arm, s in todo:
+            if args.stop_after and time.monotonic() - started > 60 * args.stop_after:
+                print(f"--stop-after {args.stop_after:g}: no new run started; reporting the finished ones", flush=True)
+                break
+            if len(running) >= args.jobs:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    f.result()  # a failed run stops the benchmark with its log's last lines
+            running.add(pool.submit(run_loop_logged, runs[(arm, s)], [*loop_options(arm, s, domain, args), *extra], f"{arm} seed {s}", ROOT))
+        for f in running:
+            f.result()
 
 
 def is_done(run_dir: Path, iterations: int) -> bool:
@@ -368,12 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2, help="loop iterations per run (default 2)")
     parser.add_argument("--budget", type=int, default=256, help="items generated per iteration (default 256)")
     parser.add_argument("--floor", type=int, default=0, help="loop --allocation-floor (default 0)")
-    parser.add_argument("--max-nodes", type=int, default=0, help="loop --allocation-max-nodes (default 0: every target node)")
-    parser.add_argument("--allocation-temperature", type=float, default=0.5, help="loop --allocation-temperature (default 0.5)")
-    parser.add_argument("--probe-size", type=int, default=208, help="loop --probe-size: seed items the student answers to find its weak nodes (default 208)")
+    parser.add_argument("--max-nodes", type=int, default=6, help="loop --allocation-max-nodes of the weakness arms: the budget goes to the "
+                        "nodes the probe finds weakest, as many as the bottom quartile holds (default 6; 0: every target node)")
+    parser.add_argument("--allocation-temperature", type=float, default=1.0, help="loop --allocation-temperature (default 1)")
+    parser.add_argument("--probe-size", type=int, default=416, help="loop --probe-size: seed items the student answers to find its weak nodes (default 416, 16 per skill)")
     parser.add_argument("--eval-per-skill", type=int, default=48, help="eval-pool items per skill (default 48)")
     parser.add_argument("--stop-after", type=float, default=0, help="start no new run after this many minutes, then report (default 0: no limit)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; report the runs finished so far")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; print the tables of the runs finished so far (no CSV rows)")
+    parser.add_argument("--jobs", type=int, default=1, help="loop runs at once, each with its share of the cores (default 1)")
     from benchmarks.harness import add_loop_run_args
 
     add_loop_run_args(parser, ROOT / "runs" / "bench_allocation")
@@ -382,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     primary_seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     control_seeds = [int(s) for s in args.control_seeds.split(",") if s.strip()]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if not primary_seeds or any(a not in ARMS for a in arms) or args.iterations < 1 or args.eval_per_skill < 12 or args.budget < 1:
-        parser.error(f"--seeds needs at least one seed, --arms only {', '.join(ARMS)}, --iterations >= 1, --eval-per-skill >= 12, --budget >= 1")
+    if not primary_seeds or any(a not in ARMS for a in arms) or args.iterations < 1 or args.eval_per_skill < 12 or args.budget < 1 or args.jobs < 1:
+        parser.error(f"--seeds needs at least one seed, --arms only {', '.join(ARMS)}, --iterations >= 1, --eval-per-skill >= 12, --budget >= 1, "
+                     "--jobs >= 1")
     from engines import parse_spec
     from engines.spec import SpecError
 
@@ -400,17 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = {arm: (primary_seeds if ARMS[arm].primary else control_seeds) if ARMS[arm].trains else [] for arm in arms}
     runs = {(arm, s): out / f"{arm}-s{s}" for arm in arms for s in seeds[arm]}
     order = sorted(runs, key=lambda key: (key[1], arms.index(key[0])))  # seed by seed: a stopped bench leaves whole pairs
-    started = time.monotonic()
     if not args.report_only:
-        from benchmarks.harness import run_loop_logged
-
-        for arm, s in order:
-            if is_done(runs[(arm, s)], args.iterations):
-                continue
-            if args.stop_after and time.monotonic() - started > 60 * args.stop_after:
-                print(f"--stop-after {args.stop_after:g}: no new run started; reporting the finished ones", flush=True)
-                break
-            run_loop_logged(runs[(arm, s)], loop_options(arm, s, domain, args), f"{arm} seed {s}", ROOT)
+        run_all([key for key in order if not is_done(runs[key], args.iterations)], runs, domain, args)
 
     finished = {key for key, path in runs.items() if is_done(path, args.iterations)}
     if not finished:
@@ -479,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                         **{f"rejected_{k}": v for k, v in r["rejected"][i - 1].items()},
                         **{f"{st}_s": r["seconds"][st][i - 1] for st in STAGES}}
             csv_rows.append(row)
+    if args.report_only:
+        print("--report-only: nothing written to benchmarks/results")
+        return 0
     print(f"appended to {append_rows('allocation', csv_rows)}")
     if node_rows:
         print(f"appended to {append_rows('allocation_nodes', [{**r, **settings} for r in node_rows])}")

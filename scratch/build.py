@@ -106,6 +106,7 @@ class ScratchConfig:
     answer_focus: float = field(default=0.0, metadata={"help": "With --teacher-init: this share of the teacher's answer examples is spread over the skills in proportion to the starting teacher's errors on fresh items of each (--focus-probe-per-skill), the rest evenly (0: evenly)."})
     focus_probe_per_skill: int = field(default=16, metadata={"help": "--answer-focus: fresh items per skill the starting teacher is scored on."})
     teacher_init: str = field(default="", metadata={"help": "Start the teacher from this built teacher's weights and tokenizer instead of random weights (the student is then trained on that tokenizer too); empty: from random weights."})
+    student_only: bool = field(default=False, metadata={"help": "Rebuild only the student, on the built teacher's tokenizer (the teacher stays as it is): a new student recipe without retraining the teacher."})
     solver: bool = field(default=False, metadata={"help": "Also build an independent blind solver (scratch:<domain>/solver): answer task only, its own seed and shape, the teacher's tokenizer."})
     solver_layers: int = field(default=4, metadata={"help": "Solver decoder layers."})
     solver_hidden: int = field(default=192, metadata={"help": "Solver hidden size (a shape other than the teacher's)."})
@@ -323,7 +324,11 @@ def build(config: ScratchConfig) -> dict[str, Any]:
     root = config.output_root()
     whos = ("teacher", "student", "solver") if config.solver else ("teacher", "student")
     infos: dict[str, Any] = {}
-    if config.force or not (is_built(root / "teacher") and is_built(root / "student")):
+    if config.student_only:
+        if not is_built(root / "teacher"):
+            raise ValueError(f"--student-only: no built teacher in {root} (build the pair first)")
+        infos["student"] = _build_student(config, get_domain(config.domain))
+    elif config.force or not (is_built(root / "teacher") and is_built(root / "student")):
         infos |= _build_pair(config, get_domain(config.domain))
     else:
         logger.info("teacher and student are built in %s (--force rebuilds them)", root)
@@ -332,6 +337,29 @@ def build(config: ScratchConfig) -> dict[str, Any]:
     elif config.solver:
         logger.info("the solver is built in %s (--force rebuilds it)", root / "solver")
     return {who: infos.get(who) or json.loads((root / who / INFO_FILE).read_text()) for who in whos}
+
+
+def _build_student(config: ScratchConfig, domain: Any) -> dict[str, Any]:
+    """A new student on the built teacher's tokenizer (stored top-k logits need one vocabulary), moved
+    into place once built and scored; the teacher is not touched."""
+    from transformers import AutoTokenizer
+
+    from scratch.tasks import TaskBuilder
+
+    root = config.output_root()
+    eval_items, held_out = _held_out(domain, config)
+    tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
+    tasks = TaskBuilder([s for s in SKILLS if s.key not in config.skipped], seed=config.seed + 1, exclude=held_out, root=domain.root)
+    examples = tasks.examples({"answer": config.student_answer_per_skill})
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
+        staged, info = _stage_model("student", _tokenize(examples, tokenizer), tokenizer, config.student_steps, config, Path(work),
+                                    eval_items, domain.name)
+        info["tokenizer_of"] = str(root / "teacher")
+        (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
+        if (root / "student").exists():
+            shutil.rmtree(root / "student")
+        staged.rename(root / "student")
+    return info
 
 
 def _build_solver(config: ScratchConfig, domain: Any) -> dict[str, Any]:

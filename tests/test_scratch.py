@@ -222,6 +222,19 @@ def test_a_teacher_starts_from_a_built_one(tiny_cache, tmp_path):
     assert (warm["teacher"]["learning_rate"], warm["student"]["learning_rate"]) == (1e-3, TINY_LR)
 
 
+def test_only_the_student_is_rebuilt_on_the_teachers_tokenizer(tiny_cache, tmp_path):
+    cache, infos = tiny_cache
+    root = tmp_path / "pair"
+    build(ScratchConfig(**TINY, out=str(root)))
+    stamp = (root / "teacher" / "model.safetensors").stat().st_mtime_ns
+    got = build(ScratchConfig(**{**TINY, "student_steps": 3}, out=str(root), student_only=True))
+    assert got["student"]["steps"] == 3 and got["student"]["tokenizer_of"] == str(root / "teacher")
+    assert (root / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp  # the teacher is not touched
+    assert (root / "student" / "tokenizer.json").read_text() == (root / "teacher" / "tokenizer.json").read_text()
+    with pytest.raises(ValueError, match="--student-only: no built teacher"):
+        build(ScratchConfig(**TINY, out=str(tmp_path / "empty"), student_only=True))
+
+
 @pytest.mark.parametrize("budget", [4, 0])
 def test_the_loop_runs_on_the_arithmetic_domain_with_its_own_models(tiny_cache, tmp_path, budget):
     """Every stage up to training on the domain's own teacher and student; budget 0 replays items only.
@@ -265,7 +278,7 @@ def test_the_oracle_arm_trains_and_evaluates_where_the_tiny_teacher_solves_nothi
     from agents.loop import main
     from benchmarks.bench_allocation import bottom_quartile, collect
     from data.arithmetic.verify import verify_item
-    from data.records import MCQItem, read_jsonl
+    from data.records import GeneratedItem, read_jsonl
 
     run = tmp_path / "run"
     code = main(["--domain", "arithmetic", "--teacher", "scratch:arithmetic/teacher", "--student", "scratch:arithmetic/student",
@@ -274,16 +287,17 @@ def test_the_oracle_arm_trains_and_evaluates_where_the_tiny_teacher_solves_nothi
                  "--dev-size", "26", "--train-epochs", "1", "--train-batch-size", "4", "--run-dir", str(run)])
     assert code == 0, capsys.readouterr().err[-3000:]
     it = run / "iteration_1"
-    validated = read_jsonl(it / "D_validated_data" / "validated.jsonl", MCQItem)
-    assert len(validated) == 6 and all(verify_item(v, v.solution).verdict == "right" for v in validated)
+    validated = read_jsonl(it / "D_validated_data" / "validated.jsonl", GeneratedItem)
+    n = len(validated)  # the near-duplicate gate takes some: templated questions share most of their words
+    assert 1 <= n <= 6 and all(verify_item(v, v.solution).verdict == "right" for v in validated)
     label = json.loads((it / "E_teacher_logits" / ".done.json").read_text())["summary"]
-    assert label["generated"] == 6 and label["unsolved_generated"] == 0  # the oracle's solutions, not the teacher's
+    assert label["generated"] == n and label["unsolved_generated"] == 0  # the oracle's solutions, not the teacher's
     generate = json.loads((it / "C_distill_data" / ".done.json").read_text())["summary"]
     assert generate["generator"] == "oracle" and generate["parsed"] == 6
     weakest = set(bottom_quartile(read_jsonl(it / "G_eval" / "before.jsonl")))
     got = collect(run, 1, weakest)
-    assert got["accepted"] == [6] and got["keys"] == [{"right": 6, "wrong": 0, "unread": 0}] and len(got["acc"]) == 2
-    assert 0.0 <= got["weak_share"][0] <= 1.0 and sum(c["trained"] for c in got["nodes"][0].values()) == 6
+    assert got["accepted"] == [n] and got["keys"] == [{"right": n, "wrong": 0, "unread": 0}] and len(got["acc"]) == 2
+    assert 0.0 <= got["weak_share"][0] <= 1.0 and sum(c["trained"] for c in got["nodes"][0].values()) == n
 
 
 def test_allocation_bench_statistics():
@@ -311,10 +325,11 @@ def test_allocation_bench_arms_differ_only_in_their_factor(tmp_path):
 
     from benchmarks.bench_allocation import ARMS, PREREGISTERED, bench_domain, comparisons, loop_options
 
-    args = argparse.Namespace(teacher="t", student="s", iterations=2, budget=256, floor=0, max_nodes=0, allocation_temperature=0.5,
-                              probe_size=208, loop_args=[])
+    args = argparse.Namespace(teacher="t", student="s", iterations=2, budget=256, floor=0, max_nodes=6, allocation_temperature=1.0,
+                              probe_size=416, loop_args=[])
     opts = {arm: loop_options(arm, 3, tmp_path / "d.yaml", args) for arm in ARMS if ARMS[arm].trains}
-    assert set(opts["oracle-weakness"]) ^ set(opts["oracle-uniform"]) == {"weakness", "uniform"}
+    differ = [(a, b) for a, b in zip(opts["oracle-weakness"], opts["oracle-uniform"]) if a != b]
+    assert differ == [("weakness", "uniform"), ("6", "0")]  # the uniform arm spreads over every target node
     assert set(opts["weakness"]) ^ set(opts["oracle-weakness"]) == {"teacher", "oracle", "--acceptance", "none"}
     assert opts["rehearsal"][opts["rehearsal"].index("--budget") + 1] == "0"
     primary, secondary = comparisons(list(ARMS), 2)
