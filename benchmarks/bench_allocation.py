@@ -98,6 +98,10 @@ class Preregistration:
     power: float = 0.8
     mde_target: float = 0.02  # the minimal detectable effect the design must reach, in accuracy
     min_weak_share: float = 0.5  # contrast: the weakness arms put at least this share of the budget on the bottom quartile
+    # Every arm's update goes through the loop's McNemar gate (refuse only a significant drop on dev): the
+    # margin-0 gate refused a 2-of-208-item dev drop in the manipulation check (docs/allocation.md).
+    gate: str = "mcnemar"
+    learning_rate: float = 1e-4  # by the pre-stated rule on the student of the runs (docs/allocation.md)
 
 
 PREREGISTERED = Preregistration()
@@ -156,7 +160,8 @@ def loop_options(arm: str, seed: int, domain: Path, args: argparse.Namespace) ->
     return ["--domain", str(domain), "--teacher", args.teacher, "--student", args.student, "--iterations", str(args.iterations),
             *ARMS[arm].loop_options(args.budget), "--allocation-floor", str(args.floor),
             "--allocation-max-nodes", str(args.max_nodes if targeted else 0), "--allocation-temperature", str(args.allocation_temperature),
-            "--probe-size", str(args.probe_size), "--seed", str(seed), *args.loop_args]
+            "--probe-size", str(args.probe_size), "--gate", PREREGISTERED.gate, "--learning-rate", str(PREREGISTERED.learning_rate),
+            "--seed", str(seed), *args.loop_args]
 
 
 def run_all(todo: list[tuple[str, int]], runs: dict[tuple[str, int], Path], domain: Path, args: argparse.Namespace) -> None:
