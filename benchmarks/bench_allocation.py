@@ -34,7 +34,8 @@ from the observed spread of the paired differences, with the seeds that would br
 Every other comparison is printed as secondary, with how many there are.
 
 Each run is a separate ``python -m agents.loop`` process with its own folder under ``--out``; a finished
-run is read again, a partial one resumed, so the benchmark continues where it stopped, across sessions.
+run is read again, a partial one resumed, so the benchmark continues where it stopped, across sessions;
+CSV rows are written once every run has finished.
 Runs go seed by seed, every arm of a seed before the next seed, so a stopped benchmark leaves complete
 pairs. Rows go to benchmarks/results/allocation.csv (per run and iteration) and allocation_nodes.csv
 (per arm, iteration and node: what was asked for, accepted and trained on, and how many keys were
@@ -512,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
             csv_rows.append(row)
     if args.report_only:
         print("--report-only: nothing written to benchmarks/results")
+        return 0
+    if len(finished) < len(runs):  # partial results would be appended again, whole, when the rest are done
+        print(f"{len(finished)} of {len(runs)} runs finished: nothing written to benchmarks/results until all have")
         return 0
     print(f"appended to {append_rows('allocation', csv_rows)}")
     if node_rows:
