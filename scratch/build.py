@@ -340,31 +340,21 @@ def build(config: ScratchConfig) -> dict[str, Any]:
 
 
 def _build_student(config: ScratchConfig, domain: Any) -> dict[str, Any]:
-    """A new student on the built teacher's tokenizer (stored top-k logits need one vocabulary), moved
-    into place once built and scored; the teacher is not touched."""
-    from transformers import AutoTokenizer
-
-    from scratch.tasks import TaskBuilder
-
-    root = config.output_root()
-    eval_items, held_out = _held_out(domain, config)
-    tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
-    tasks = TaskBuilder([s for s in SKILLS if s.key not in config.skipped], seed=config.seed + 1, exclude=held_out, root=domain.root)
-    examples = tasks.examples({"answer": config.student_answer_per_skill})
-    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
-        staged, info = _stage_model("student", _tokenize(examples, tokenizer), tokenizer, config.student_steps, config, Path(work),
-                                    eval_items, domain.name)
-        info["tokenizer_of"] = str(root / "teacher")
-        (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
-        if (root / "student").exists():
-            shutil.rmtree(root / "student")
-        staged.rename(root / "student")
-    return info
+    """A new student on the built teacher's tokenizer; the teacher is not touched."""
+    skills = [s for s in SKILLS if s.key not in config.skipped]
+    return _build_beside_teacher("student", config, domain, skills, config.seed + 1, config.student_answer_per_skill, config.student_steps)
 
 
 def _build_solver(config: ScratchConfig, domain: Any) -> dict[str, Any]:
-    """The independent blind solver: the answer task alone, drawn with its own seed, in its own shape,
-    on the built teacher's tokenizer (so the label stage's engines need no second vocabulary)."""
+    """The independent blind solver: the answer task alone, drawn with its own seed, in its own shape."""
+    return _build_beside_teacher("solver", config, domain, SKILLS, config.solver_seed, config.solver_answer_per_skill, config.solver_steps,
+                                 seed=config.solver_seed)
+
+
+def _build_beside_teacher(who: str, config: ScratchConfig, domain: Any, skills: Any, data_seed: int, answers: int, steps: int,
+                          seed: int | None = None) -> dict[str, Any]:
+    """A model trained on the answer task of ``skills`` on the built teacher's tokenizer (the label stage's
+    engines then need one vocabulary), moved into place as ``who`` once built and scored."""
     from transformers import AutoTokenizer
 
     from scratch.tasks import TaskBuilder
@@ -372,15 +362,14 @@ def _build_solver(config: ScratchConfig, domain: Any) -> dict[str, Any]:
     root = config.output_root()
     eval_items, held_out = _held_out(domain, config)
     tokenizer = AutoTokenizer.from_pretrained(root / "teacher")
-    examples = TaskBuilder(seed=config.solver_seed, exclude=held_out, root=domain.root).examples({"answer": config.solver_answer_per_skill})
+    examples = TaskBuilder(skills, seed=data_seed, exclude=held_out, root=domain.root).examples({"answer": answers})
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=root) as work:
-        staged, info = _stage_model("solver", _tokenize(examples, tokenizer), tokenizer, config.solver_steps, config, Path(work),
-                                    eval_items, domain.name, seed=config.solver_seed)
+        staged, info = _stage_model(who, _tokenize(examples, tokenizer), tokenizer, steps, config, Path(work), eval_items, domain.name, seed=seed)
         info["tokenizer_of"] = str(root / "teacher")
         (staged / INFO_FILE).write_text(json.dumps(info, indent=2))
-        if (root / "solver").exists():
-            shutil.rmtree(root / "solver")
-        staged.rename(root / "solver")
+        if (root / who).exists():
+            shutil.rmtree(root / who)
+        staged.rename(root / who)
     return info
 
 
