@@ -13,7 +13,7 @@ import argparse
 import logging
 import random
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +74,12 @@ def draw_items(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = froze
 
 
 def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = frozenset(),
-                  unique: bool = True) -> list[tuple[MCQItem, Problem]]:
+                  unique: bool = True, keep: Callable[[Problem], bool] | None = None,
+                  at_most: bool = False) -> list[tuple[MCQItem, Problem]]:
     """``draw_items`` with the problem behind each item (its mistakes named). ``unique=False`` lets a
     question repeat within the draw (training sets larger than a small skill's question space); a
-    question in ``exclude`` never appears."""
+    question in ``exclude`` never appears; ``keep`` passes only the problems it accepts. When too few
+    distinct questions are left: a ValueError, or with ``at_most`` the ones found."""
     rng = random.Random(f"{seed}:{pool}:{s.key}")
     letters = [LETTERS[i % len(LETTERS)] for i in range(n)]
     rng.shuffle(letters)
@@ -86,9 +88,11 @@ def draw_problems(s: Skill, pool: str, n: int, seed: int, exclude: set[str] = fr
     while len(items) < n:
         tries += 1
         if tries > 200 * n:
+            if at_most:
+                break
             raise ValueError(f"skill {s.key!r} has fewer than {n} distinct questions left for pool {pool!r}; ask for fewer per skill")
         problem = s.draw(rng)
-        if problem.question in seen:
+        if problem.question in seen or (keep is not None and not keep(problem)):
             continue
         if unique:
             seen.add(problem.question)

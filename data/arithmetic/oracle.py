@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import random
 
-from data.arithmetic.build import LETTERS, options_for
-from data.arithmetic.skills import SKILLS, Problem, Skill, worked_reply
+from data.arithmetic.build import draw_problems
+from data.arithmetic.skills import Skill, skill, worked_reply
 from data.records import MCQItem
 
 logger = logging.getLogger(__name__)
@@ -25,10 +25,10 @@ def skill_of(node: str) -> tuple[Skill, str]:
     is not at or below a skill (the root, an operation)."""
     parts = node.split("/")[1:]
     for cut in range(len(parts), 0, -1):
-        key = "/".join(parts[:cut])
-        for s in SKILLS:
-            if s.key == key:
-                return s, parts[cut] if cut < len(parts) else ""
+        try:
+            return skill("/".join(parts[:cut])), parts[cut] if cut < len(parts) else ""
+        except KeyError:
+            continue
     raise KeyError(f"{node!r} is not a skill of the arithmetic domain or below one")
 
 
@@ -47,32 +47,12 @@ def write_items(node: str, n: int, seed: int, exclude: frozenset[str] = frozense
     except KeyError:
         logger.warning("oracle: %s is above the skills; no items written for it", node)
         return []
-    rng = random.Random(f"{seed}:oracle:{node}")
     want = topic.strip().lower()
     fits = bool(want) and _has_topic(s, want, random.Random(f"{seed}:topics:{node}"))
     if topic and not fits:
         logger.info("oracle: no problem of %s is about %r; writing the skill's problems", s.key, topic)
-    letters = [LETTERS[i % len(LETTERS)] for i in range(n)]
-    rng.shuffle(letters)
-    items: list[MCQItem] = []
-    seen = set(exclude)
-    for _ in range(200 * max(n, 1)):
-        if len(items) == n:
-            break
-        problem: Problem = s.draw(rng)
-        if problem.question in seen or (fits and problem.topic.lower() != want):
-            continue
-        seen.add(problem.question)
-        key = letters[len(items)]
-        items.append(MCQItem(
-            id=f"oracle-{len(items):04d}",
-            question=problem.question,
-            options=options_for(problem, rng, key),
-            answer_idx=key,
-            meta_info=f"oracle:{s.key}" + (f":{topic}" if topic else ""),
-            ability_path=node.split("/"),
-            solution=worked_reply(problem),
-        ))
+    pairs = draw_problems(s, f"oracle:{node}", n, seed, set(exclude), keep=(lambda p: p.topic.lower() == want) if fits else None, at_most=True)
+    items = [item.model_copy(update={"ability_path": node.split("/"), "solution": worked_reply(problem)}) for item, problem in pairs]
     if len(items) < n:
         logger.info("oracle: %s has %d distinct new questions, %d were asked for", node, len(items), n)
     return items
